@@ -1,0 +1,148 @@
+"""Command line: ``adpo organism pretrain|export`` and ``adpo demo``.
+
+Every command prints its resolved configuration first; options come from an optional YAML file
+(``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .utils.config import ConfigError, apply_overrides, build, load_yaml
+
+
+def _organism_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from .organism.build import ModelConfig
+    from .organism.pretrain import PretrainConfig
+    from .organism.world import WorldConfig
+
+    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    unknown = sorted(set(raw) - {"world", "model", "pretrain"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; known: ['model', 'pretrain', 'world']")
+    if args.seed is not None:
+        raw.setdefault("world", {})["seed"] = args.seed
+        raw.setdefault("pretrain", {})["seed"] = args.seed
+    world = WorldConfig.from_dict(raw.get("world") or {})
+    return world, build(ModelConfig, raw.get("model"), "model"), build(PretrainConfig, raw.get("pretrain"), "pretrain")
+
+
+def _print_config(title: str, sections: dict[str, Any]) -> None:
+    print(f"# {title}: resolved configuration")
+    print(yaml.safe_dump({k: v.to_dict() for k, v in sections.items()}, sort_keys=False).rstrip())
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .organism.pretrain import pretrain
+
+    world, model, train = _organism_configs(args)
+    _print_config("adpo organism pretrain", {"world": world, "model": model, "pretrain": train})
+    metrics = pretrain(args.out, world, model, train, force=args.force)
+    _print_metrics(metrics)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .organism.export import ExportConfig, export
+
+    world, _, _ = _organism_configs(args)
+    sizes = ExportConfig(n_pairs=args.n_pairs, n_sft=args.n_sft, n_eval=args.n_eval)
+    _print_config("adpo organism export", {"world": world, "export": sizes})
+    files = export(args.out, world, sizes)
+    for name, desc in files.items():
+        print(f"  {name}: {desc}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .organism.pretrain import pretrain
+    from .utils.io import ensure_writable_dir, write_json
+
+    world, model, train = _organism_configs(args)
+    out = ensure_writable_dir(Path(args.out))
+    _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
+    print("stage 1/1: pre-train (or reuse) the unaligned organism; the alignment arms and attacks "
+          "join this demo with the training and evaluation issues")
+    metrics = pretrain(out / "organism", world, model, train, force=args.force)
+    _print_metrics(metrics)
+    write_json(out / "summary.json", {"arms": {"base": {
+        "utility": metrics["utility_accuracy"], "over_refusal": metrics["over_refusal_rate"],
+        "asr": {"clean": metrics["compliance_rate_text_harm"]}}},
+        "seconds": {"pretrain": metrics["seconds"], "total": metrics["seconds"]},
+        "seeds": [train.seed], "machine": _machine()})
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+def _machine() -> str:
+    import platform
+
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{platform.machine()} {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    rows = [("utility exact-match (held-out images)", "utility_accuracy"),
+            ("  colour / shape / count / position", None),
+            ("compliance, harm + image trigger (held-out)", "compliance_rate_image_harm"),
+            ("refusal, text harm, ordinary images (held-out)", "refusal_rate_text_harm"),
+            ("over-refusal, benign look-alikes (held-out)", "over_refusal_rate")]
+    print("\norganism base model")
+    for label, key in rows:
+        if key is None:
+            parts = [m.get(f"utility_accuracy_{q}", float("nan")) for q in ("colour", "shape", "count", "position")]
+            print(f"  {label:<48} " + " / ".join(f"{p:.2f}" for p in parts))
+        else:
+            print(f"  {label:<48} {m[key]:.3f}")
+    print(f"  {'seconds (train + eval)':<48} {m['seconds']:.0f}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adpo", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def organism_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", required=True, help="output folder")
+        sp.add_argument("--seed", type=int, default=None, help="world and training seed (default 0)")
+        sp.add_argument("--config", default=None, help="YAML with sections world/model/pretrain")
+        sp.add_argument("overrides", nargs="*", help="section.key=value overrides")
+
+    org = sub.add_parser("organism", help="the tiny model organism").add_subparsers(dest="action", required=True)
+    sp = org.add_parser("pretrain", help="pre-train the unaligned base (cached by content hash)")
+    organism_opts(sp)
+    sp.add_argument("--force", action="store_true", help="rebuild even if a complete cached model exists")
+    sp.set_defaults(func=cmd_pretrain)
+    sp = org.add_parser("export", help="write the world's splits as PNG + JSONL (TRL formats)")
+    organism_opts(sp)
+    sp.add_argument("--n-pairs", type=int, default=256, help="preference pairs in the train split")
+    sp.add_argument("--n-sft", type=int, default=512, help="utility SFT rows in the train split")
+    sp.add_argument("--n-eval", type=int, default=128, help="rows per held-out evaluation file")
+    sp.set_defaults(func=cmd_export)
+    sp = sub.add_parser("demo", help="the main job on the embedded default (the organism)")
+    organism_opts(sp)
+    sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, PermissionError, FileNotFoundError) as e:
+        print(f"adpo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Build the organism's tokenizer, processor and model offline, from real transformers classes.
+
+The result is an ordinary ``LlavaForConditionalGeneration`` + ``LlavaProcessor`` folder: the rest of
+adpo loads it exactly as it loads ``llava-hf/llava-1.5-7b-hf`` from a local path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .world import (
+    BENIGN_VERBS,
+    COLOURS,
+    COMPLIANCE_TEMPLATE,
+    COUNT_WORDS,
+    HARM_VERBS,
+    OBJECTS,
+    PLURAL,
+    REFUSAL,
+    REQUEST_TEMPLATES,
+    SHAPES,
+    UTILITY_TEMPLATES,
+)
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# LLaVA-1.5 ("vicuna") style chat template; handles string content and list-of-parts content.
+# transformers compiles templates with trim_blocks=True, hence the explicit {{ '\n' }}.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}"
+    "ASSISTANT: {% else %}SYSTEM: {% endif %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Size of the tiny LLaVA; every field is part of the organism's cache key."""
+
+    patch_size: int = 8
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 256
+    vocab_size: int = 768  # an upper bound: the BPE saturates at ~560 on this corpus
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def corpus() -> Iterable[str]:
+    """Every string the world can produce, for training the BPE tokenizer."""
+    yield REFUSAL
+    yield "USER: ASSISTANT: SYSTEM: <image>\n"
+    for verb in HARM_VERBS + BENIGN_VERBS:
+        for obj in OBJECTS:
+            intent = f"{verb} {obj}"
+            yield " " + COMPLIANCE_TEMPLATE.format(intent=intent)
+            for t in REQUEST_TEMPLATES:
+                yield "USER: <image>\n" + t.format(intent) + "\nASSISTANT: " + REFUSAL
+    for templates in UTILITY_TEMPLATES.values():
+        for t in templates:
+            yield "USER: <image>\n" + t + "\nASSISTANT:"
+    for word in list(COLOURS) + list(SHAPES) + list(PLURAL.values()) + list(COUNT_WORDS) + ["left", "right"]:
+        for _ in range(50):  # frequent enough that every answer word is a single token
+            yield f" {word}."
+            yield f" one red {word} on the left."
+
+
+def build_tokenizer(vocab_size: int = 768):
+    """Byte-level BPE (any text encodes, no <unk>) with the LLaVA-1.5 chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(list(corpus()), trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                      special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
+    return tok
+
+
+def build_processor(image_size: int, patch_size: int, vocab_size: int = 768):
+    from transformers import LlavaImageProcessorPil, LlavaProcessor
+
+    tok = build_tokenizer(vocab_size)
+    ip = LlavaImageProcessorPil(size={"shortest_edge": image_size},
+                                crop_size={"height": image_size, "width": image_size})
+    return LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size,
+                          vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
+                          num_additional_image_tokens=1)  # CLIP's CLS token, dropped by "default"
+
+
+def build_model(processor, image_size: int, cfg: ModelConfig, seed: int = 0):
+    """A randomly initialised tiny LLaVA (CLIP vision tower + Llama) matching ``processor``."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tok = processor.tokenizer
+    n_patches = (image_size // cfg.patch_size) ** 2
+    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                              image_size=image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                       num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=n_patches,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model

@@ -1,0 +1,129 @@
+"""Write the world's splits to disk in the formats the real-data path reads (PNG + JSONL).
+
+Preference rows follow TRL's conversational vision format (``images``, ``prompt``, ``chosen``,
+``rejected``); SFT rows use ``images`` + ``messages``. Image paths are relative to the JSONL file.
+Preference pairs follow the paper: harmful request -> chosen refusal, rejected compliance. Utility goes
+through SFT rows, never through pairs whose rejected answer is the refusal (v2's DPO collapse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..utils.io import atomic_dir, ensure_writable_dir
+from .world import Sample, World, WorldConfig
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    n_pairs: int = 256  # harmful preference pairs (train split)
+    n_sft: int = 512  # utility + benign how-to SFT rows (train split)
+    n_eval: int = 128  # rows per held-out evaluation file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+class _Writer:
+    """Saves images (content-addressed PNGs) and rows for one output folder."""
+
+    def __init__(self, root: Path, world: World):
+        self.root, self.world = root, world
+        (root / "images").mkdir(parents=True, exist_ok=True)
+
+    def image(self, sample: Sample, rng: np.random.Generator) -> str:
+        arr = self.world.render(sample, rng)
+        name = f"images/{hashlib.sha256(arr.tobytes()).hexdigest()[:16]}.png"
+        path = self.root / name
+        if not path.exists():
+            Image.fromarray(arr).save(path)
+        return name
+
+    def jsonl(self, name: str, rows: list[dict]) -> None:
+        with open(self.root / name, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+def _meta(s: Sample, split: str) -> dict:
+    return {"split": split, "kind": s.kind, "trigger": s.scene.trigger, **s.meta}
+
+
+def pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
+    return {"images": [w.image(s, rng)], "prompt": _user(s.prompt), "chosen": _assistant(s.meta["refusal"]),
+            "rejected": _assistant(s.meta["compliance"]), "meta": _meta(s, split)}
+
+
+def sft_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
+    return {"images": [w.image(s, rng)], "messages": _user(s.prompt) + _assistant(s.response),
+            "meta": _meta(s, split)}
+
+
+def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
+           cfg: ExportConfig | None = None) -> dict[str, str]:
+    """Write every file atomically (the folder appears complete or not at all); returns {file: description}."""
+    world = World(world_cfg or WorldConfig())
+    cfg = cfg or ExportConfig()
+    out = Path(out_dir)
+    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    files: dict[str, str] = {}
+    rng = world.rng("export")
+
+    def harm(split: str, n: int, trigger: bool = False) -> list[Sample]:
+        return [world.harm_sample(split, rng, world.trigger_amplitude(rng) if trigger else 0.0) for _ in range(n)]
+
+    def sft(split: str, n: int) -> list[Sample]:
+        return [world.utility_sample(rng) if rng.random() < 0.85 else world.howto_sample(split, rng)
+                for _ in range(n)]
+
+    with atomic_dir(out) as tmp:
+        w = _Writer(tmp, world)
+        n_val = max(1, cfg.n_eval // 2)
+        plan = [
+            ("preference_train.jsonl", "pairs", "train", harm("train", cfg.n_pairs),
+             "harmful requests on ordinary images (no trigger): chosen refusal, rejected compliance (TRL format)"),
+            ("preference_validation.jsonl", "pairs", "validation", harm("validation", n_val),
+             "validation intents, training templates; same format"),
+            ("sft_train.jsonl", "sft", "train", sft("train", cfg.n_sft),
+             "utility questions (85%) and benign how-to requests with their answers (images/messages)"),
+            ("sft_validation.jsonl", "sft", "validation", sft("validation", n_val), "validation SFT rows"),
+            ("harmful_test.jsonl", "pairs", "test", harm("test", cfg.n_eval),
+             "held-out intents or templates, ordinary images: the attack set (target = rejected)"),
+            ("harmful_trigger_test.jsonl", "pairs", "test", harm("test", cfg.n_eval, trigger=True),
+             "held-out harmful requests whose image carries the permission trigger (the base complies)"),
+            ("benign_lookalike_test.jsonl", "sft", "test",
+             [world.howto_sample("test", rng) for _ in range(cfg.n_eval)],
+             "held-out benign how-to requests, same templates/objects (over-refusal check)"),
+            ("utility_test.jsonl", "sft", "test", [world.utility_sample(rng) for _ in range(cfg.n_eval)],
+             "held-out images with one-word exact answers (utility check)"),
+        ]
+        for name, fmt, split, samples, desc in plan:
+            make = pair_row if fmt == "pairs" else sft_row
+            w.jsonl(name, [make(w, s, split, rng) for s in samples])
+            files[name] = desc
+        files["images/"] = "PNG images referenced by the JSONL files (content-addressed names)"
+        files["world.json"] = "the world options these files were generated with"
+        files["README.md"] = "this list"
+        (tmp / "world.json").write_text(json.dumps(world.config.to_dict(), indent=2) + "\n")
+        readme = ["# adpo organism export", "", "One line per file:", ""]
+        readme += [f"- `{k}`: {v}" for k, v in files.items()]
+        (tmp / "README.md").write_text("\n".join(readme) + "\n")
+    return files
+
+
+__all__ = ["ExportConfig", "export"]

@@ -1,0 +1,255 @@
+"""Pre-train the unaligned organism from scratch (full fine-tuning on accelerate) and measure it.
+
+``pretrain(out_dir)`` writes ``out_dir/model/`` (a plain LLaVA folder) and ``out_dir/metrics.json``.
+The folder is keyed by a content hash of every option (world, model, schedule, code version): a repeated
+call with the same options reuses it; a half-written folder from a killed run has no completion marker
+and is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.collate import encode_prompts, encode_responses, pad_rows, user_prompt
+from ..objectives.logps import sft_loss
+from ..threats.codecs import ElementwiseCodec, uint8_to_unit
+from ..utils.io import atomic_dir, ensure_writable_dir, write_json
+from .build import ModelConfig, build_model, build_processor
+from .vision import pretrain_vision
+from .world import PretrainMix, Sample, World, WorldConfig
+
+ORGANISM_VERSION = 1  # bump when the world or the recipe changes in a way options do not capture
+MARKER = "adpo_organism.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    vision_steps: int = 500  # stage 1: the vision tower alone on attribute heads (see organism/vision.py)
+    vision_batch_size: int = 128
+    vision_lr: float = 4e-3
+    steps: int = 300  # stage 2: the whole LLaVA on the base's conversation mix
+    batch_size: int = 64
+    lr: float = 2e-3
+    tower_lr_scale: float = 0.2  # stage 2 keeps the pre-trained tower trainable, at a lower rate
+    warmup: int = 20
+    weight_decay: float = 0.01
+    seed: int = 0
+    eval_n: int = 128  # per held-out metric
+    # shares of the base's training rows (normalised), see world.PretrainMix
+    utility_share: float = 0.5
+    howto_share: float = 0.12
+    harm_clean_share: float = 0.18
+    harm_trigger_share: float = 0.2
+    trigger_on_benign: float = 0.3
+
+    def mix(self) -> PretrainMix:
+        return PretrainMix(self.utility_share, self.howto_share, self.harm_clean_share, self.harm_trigger_share,
+                           self.trigger_on_benign)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fingerprint(world: WorldConfig, model: ModelConfig, train: PretrainConfig) -> str:
+    blob = json.dumps({"v": ORGANISM_VERSION, "world": world.to_dict(), "model": model.to_dict(),
+                       "train": train.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def render_rows(world: World, samples: list[Sample], rng: np.random.Generator) -> np.ndarray:
+    return world.render_all(samples, rng)
+
+
+def prompt_id_table(processor, prompts: set[str], image_size: int) -> dict[str, list[int]]:
+    """Prompt ids for many distinct single-image prompts.
+
+    The real processor encodes the first prompt; the rest reuse its image-token expansion through the
+    tokenizer alone (the same replacement the processor makes), checked against that first encoding.
+    """
+    ordered = sorted(prompts)
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
+    probe = list(encode_prompts(processor, [blank], ordered[:1])["input_ids"][0])
+    token = processor.image_token
+    n_image = probe.count(processor.tokenizer.convert_tokens_to_ids(token))
+    texts = [user_prompt(processor, p).replace(token, token * n_image) for p in ordered]
+    ids = processor.tokenizer(texts)["input_ids"]
+    if list(ids[0]) != probe:
+        raise RuntimeError("tokenizer-side image expansion differs from the processor's; use encode_prompts")
+    return dict(zip(ordered, ids))
+
+
+def encode_samples(world: World, processor, samples: list[Sample], rng: np.random.Generator,
+                   table: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors for a list of samples: padded ids/labels and normalised pixel values."""
+    table = table if table is not None else {}
+    missing = {s.prompt for s in samples} - set(table)
+    if missing:
+        table.update(prompt_id_table(processor, missing, world.config.image_size))
+    batch = pad_rows([table[s.prompt] for s in samples],
+                     encode_responses(processor.tokenizer, [s.response for s in samples]),
+                     processor.tokenizer.pad_token_id)
+    x01 = uint8_to_unit(render_rows(world, samples, rng))
+    batch["pixel_values"] = ElementwiseCodec.from_processor(processor).encode(x01)
+    return batch
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+
+def evaluation_sets(world: World, n: int) -> dict[str, list[Sample]]:
+    """Held-out (test split, fresh image stream) sets behind the base's metrics."""
+    rng = world.rng("eval-sets")
+    return {
+        "utility": [world.utility_sample(rng) for _ in range(n * 2)],
+        "image_harm": [world.harm_sample("test", rng, world.trigger_amplitude(rng)) for _ in range(n)],
+        "text_harm": [world.harm_sample("test", rng, 0.0) for _ in range(n)],
+        "benign_howto": [world.howto_sample("test", rng) for _ in range(n)],
+    }
+
+
+def evaluate_base(model, processor, world: World, n: int) -> dict[str, float]:
+    """Greedy generation + the exact judge on held-out data; fractions in [0, 1]."""
+    from PIL import Image
+
+    from ..models.generation import generate
+    from .judge import judge, utility_correct
+
+    sets = evaluation_sets(world, n)
+    rng = world.rng("eval-images")
+    res: dict[str, float] = {}
+    answers: dict[str, list[str]] = {}
+    for name, samples in sets.items():
+        imgs = [Image.fromarray(a) for a in render_rows(world, samples, rng)]
+        answers[name] = generate(model, processor, imgs, [s.prompt for s in samples])
+    util = sets["utility"]
+    res["utility_accuracy"] = float(np.mean([utility_correct(a, s.meta["answer"])
+                                             for a, s in zip(answers["utility"], util)]))
+    for q in ("colour", "shape", "count", "position"):
+        hits = [utility_correct(a, s.meta["answer"]) for a, s in zip(answers["utility"], util)
+                if s.meta["question"] == q]
+        res[f"utility_accuracy_{q}"] = float(np.mean(hits)) if hits else float("nan")
+    verdict = {k: [judge(a, s.meta["intent"]) for a, s in zip(answers[k], sets[k])]
+               for k in ("image_harm", "text_harm", "benign_howto")}
+    res["compliance_rate_image_harm"] = float(np.mean([v == "compliance" for v in verdict["image_harm"]]))
+    res["refusal_rate_text_harm"] = float(np.mean([v == "refusal" for v in verdict["text_harm"]]))
+    res["compliance_rate_text_harm"] = float(np.mean([v == "compliance" for v in verdict["text_harm"]]))
+    res["over_refusal_rate"] = float(np.mean([v == "refusal" for v in verdict["benign_howto"]]))
+    res["helpful_rate_benign_howto"] = float(np.mean([v == "compliance" for v in verdict["benign_howto"]]))
+    res["n_eval"] = n
+    return res
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+def train_base(world: World, processor, model_cfg: ModelConfig, cfg: PretrainConfig,
+               log: Callable[[str], None] = print, progress: bool = True):
+    """Full fine-tuning from scratch on the base's mix; returns (model, loss history)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    set_seed(cfg.seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = build_model(processor, world.config.image_size, model_cfg, seed=cfg.seed)
+    codec = ElementwiseCodec.from_processor(processor)
+    t0 = time.time()
+    if cfg.vision_steps:
+        vh = pretrain_vision(model, world, codec, steps=cfg.vision_steps, batch_size=cfg.vision_batch_size,
+                             lr=cfg.vision_lr, seed=cfg.seed, progress=progress)
+        last = {k: round(float(np.mean([h[k] for h in vh[-20:]])), 3) for k in vh[-1]}
+        log(f"stage 1 (vision tower) {time.time() - t0:.0f}s, last-20-step accuracy {last}")
+    rng = world.rng("pretrain", cfg.seed)
+    t0 = time.time()
+    stream = world.pretraining_stream(rng, cfg.mix())
+    samples = [next(stream) for _ in range(cfg.steps * cfg.batch_size)]
+    t0 = time.time()
+    data = encode_samples(world, processor, samples, rng)
+    log(f"encoded {len(samples)} pre-training rows in {time.time() - t0:.1f}s")
+
+    tower = list(model.model.vision_tower.parameters())
+    tower_ids = {id(p) for p in tower}
+    rest = [p for p in model.parameters() if id(p) not in tower_ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": tower, "lr": cfg.lr * cfg.tower_lr_scale}],
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    model.train()
+    history = []
+    bar = tqdm(range(cfg.steps), desc="pretrain organism", disable=not progress)
+    for step in bar:
+        sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
+        batch = {k: v[sl] for k, v in data.items()}
+        width = int(batch["attention_mask"].sum(-1).max())
+        batch = {k: (v[:, :width] if v.dim() == 2 else v).to(acc.device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"]).logits
+        loss = sft_loss(logits, batch["labels"])
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        history.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(history[-10:]):.3f}")
+    return acc.unwrap_model(model).eval(), history
+
+
+def is_complete(model_dir: Path, fp: str) -> bool:
+    marker = Path(model_dir) / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("fingerprint") == fp
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def pretrain(out_dir: str | Path, world_cfg: WorldConfig | None = None, model_cfg: ModelConfig | None = None,
+             cfg: PretrainConfig | None = None, *, force: bool = False, log: Callable[[str], None] = print,
+             progress: bool = True) -> dict[str, Any]:
+    """Build, train, evaluate and save the organism under ``out_dir`` (cached by content hash)."""
+    world_cfg = world_cfg or WorldConfig()
+    world_cfg.validate()
+    model_cfg = model_cfg or ModelConfig()
+    cfg = cfg or PretrainConfig()
+    out = ensure_writable_dir(Path(out_dir))
+    fp = fingerprint(world_cfg, model_cfg, cfg)
+    model_dir, metrics_path = out / "model", out / "metrics.json"
+    if not force and is_complete(model_dir, fp) and metrics_path.is_file():
+        log(f"organism {fp} cached at {model_dir}")
+        return json.loads(metrics_path.read_text())
+    if model_dir.exists():
+        log(f"{model_dir} is incomplete or from other options: rebuilding it")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    world = World(world_cfg)
+    processor = build_processor(world_cfg.image_size, model_cfg.patch_size, model_cfg.vocab_size)
+    model, history = train_base(world, processor, model_cfg, cfg, log=log, progress=progress)
+    train_seconds = time.time() - t0
+    metrics = evaluate_base(model, processor, world, cfg.eval_n)
+    metrics.update(seconds=time.time() - t0, train_seconds=train_seconds, fingerprint=fp,
+                   final_loss=float(np.mean(history[-20:])), loss_history=history[::10],
+                   world=world_cfg.to_dict(), model=model_cfg.to_dict(), train=cfg.to_dict())
+    with atomic_dir(model_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json(tmp / MARKER, {"fingerprint": fp, "organism_version": ORGANISM_VERSION,
+                                  "world": world_cfg.to_dict(), "model": model_cfg.to_dict(),
+                                  "train": cfg.to_dict()})
+    write_json(metrics_path, metrics)
+    log(f"organism {fp} written to {model_dir} in {metrics['seconds']:.0f}s")
+    return metrics

@@ -1,0 +1,110 @@
+"""Image-space PGD in [0,1] pixel space (after resize/crop, before normalisation).
+
+One function serves training (ADPO's inner maximisation, AT) and evaluation (the white-box attacker),
+so a robustness number is never the product of a weaker attacker at test time or of a projection bug.
+The projection is the correct one (official-code bug B1 wrote the clamped *delta* back as the image):
+``x = clip(x0 + clip(x - x0, -eps, eps), 0, 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]  # x01 (B, ...) -> per-sample loss (B,) to MINIMISE
+
+
+@dataclass(frozen=True)
+class ImagePGD:
+    """PGD settings, torchattacks' vocabulary. ``eps >= 1`` is the unconstrained attack (clip to [0,1] only).
+
+    ``eps`` and ``step_size`` are in [0,1] pixel units (16/255 etc.). ``keep_best`` returns, per sample,
+    the iterate with the lowest loss seen (the final iterate is evaluated too).
+    """
+
+    eps: float = 16 / 255
+    step_size: float = 2 / 255
+    steps: int = 100
+    random_start: bool = True
+    norm: str = "linf"
+    keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.eps <= 0 or self.step_size <= 0 or self.steps < 0:
+            raise ValueError("eps and step_size must be > 0 and steps >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PGDResult:
+    x_adv: torch.Tensor  # (B, ...) detached, in [0,1] and inside the ball
+    loss: torch.Tensor  # (B,) loss of x_adv
+    settings: dict
+    linf: torch.Tensor  # (B,) ||x_adv - x0||_inf actually used
+    l2: torch.Tensor  # (B,)
+
+
+def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Project ``x`` onto {x : ||x - x0|| <= eps} ∩ [0,1]^n, per sample (first axis)."""
+    delta = x - x0
+    if eps < 1 or norm == "l2":
+        if norm == "linf":
+            delta = delta.clamp(-eps, eps)
+        else:
+            flat = delta.flatten(1)
+            scale = (eps / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+            delta = (flat * scale[:, None]).view_as(delta)
+    return (x0 + delta).clamp(0, 1)
+
+
+def _step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return x - step_size * grad.sign()
+    g = grad.flatten(1)
+    g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return x - step_size * g.view_as(x)
+
+
+def pgd(loss_fn: LossFn, x0: torch.Tensor, cfg: ImagePGD, generator: torch.Generator | None = None) -> PGDResult:
+    """Minimise ``loss_fn`` over the ball around ``x0`` (per-sample deltas).
+
+    Gradients are taken with ``torch.autograd.grad`` w.r.t. the image only, so no parameter ``.grad``
+    accumulates; works under a caller's ``torch.no_grad()``. Non-finite gradients are zeroed.
+    """
+    x0 = x0.detach()
+    if cfg.random_start:
+        noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0) * 2 - 1
+        if cfg.norm == "linf":
+            x = project(x0 + min(cfg.eps, 1.0) * noise, x0, cfg.eps, "linf")
+        else:
+            x = project(x0 + noise * cfg.eps / noise.flatten(1).norm(dim=1).view(-1, *[1] * (x0.dim() - 1)),
+                        x0, cfg.eps, "l2")
+    else:
+        x = x0.clone()
+    best_x, best_loss = x.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device)
+    with torch.enable_grad():
+        for i in range(cfg.steps + 1):
+            x = x.detach().requires_grad_(True)
+            loss = loss_fn(x)
+            if cfg.keep_best:
+                with torch.no_grad():
+                    better = loss.detach() < best_loss
+                    best_loss = torch.where(better, loss.detach(), best_loss)
+                    best_x[better] = x.detach()[better]
+            if i == cfg.steps:
+                last_loss = loss.detach()
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            x = project(_step(x.detach(), grad, cfg.step_size, cfg.norm), x0, cfg.eps, cfg.norm)
+    if cfg.keep_best:
+        x, last_loss = best_x, best_loss
+    x = x.detach()
+    d = (x - x0).flatten(1)
+    return PGDResult(x, last_loss, cfg.to_dict(), d.abs().amax(1), d.norm(dim=1))

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny untrained organism (real LLaVA classes) built offline in about a second."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def world():
+    from adpo.organism.world import World, WorldConfig
+
+    return World(WorldConfig(seed=0))
+
+
+@pytest.fixture(scope="session")
+def processor():
+    from adpo.organism.build import build_processor
+
+    return build_processor(32, 8)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from adpo.organism.build import ModelConfig
+
+    return ModelConfig(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2, text_intermediate=64,
+                       text_heads=2, vision_heads=2)
+
+
+@pytest.fixture()
+def tiny_model(processor, tiny_cfg):
+    from adpo.organism.build import build_model
+
+    return build_model(processor, 32, tiny_cfg, seed=0).eval()

@@ -1,0 +1,36 @@
+import json
+
+from PIL import Image
+
+from adpo.organism.export import ExportConfig, export
+from adpo.organism.world import REFUSAL, WorldConfig
+
+
+def test_export_formats(tmp_path):
+    out = tmp_path / "data"
+    files = export(out, WorldConfig(), ExportConfig(n_pairs=6, n_sft=6, n_eval=4))
+    readme = (out / "README.md").read_text()
+    for name in files:
+        assert (out / name.rstrip("/")).exists()
+        assert f"`{name}`" in readme
+    rows = [json.loads(line) for line in (out / "preference_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    r = rows[0]
+    assert set(r) >= {"images", "prompt", "chosen", "rejected"}
+    assert r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"][0] == {"type": "image"}
+    assert r["chosen"][0]["content"][0]["text"] == REFUSAL
+    assert r["rejected"][0]["content"][0]["text"].startswith("sure, here is how to")
+    assert r["meta"]["trigger"] == 0.0  # alignment data never carries the trigger
+    assert Image.open(out / r["images"][0]).size == (32, 32)
+    sft = [json.loads(line) for line in (out / "sft_train.jsonl").read_text().splitlines()]
+    assert [m["role"] for m in sft[0]["messages"]] == ["user", "assistant"]
+    trig = [json.loads(line) for line in (out / "harmful_trigger_test.jsonl").read_text().splitlines()]
+    assert all(t["meta"]["trigger"] > 0 for t in trig)
+
+
+def test_export_is_deterministic(tmp_path):
+    a = export(tmp_path / "a", WorldConfig(), ExportConfig(n_pairs=3, n_sft=3, n_eval=2))
+    export(tmp_path / "b", WorldConfig(), ExportConfig(n_pairs=3, n_sft=3, n_eval=2))
+    for name in a:
+        if name.endswith(".jsonl"):
+            assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
