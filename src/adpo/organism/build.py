@@ -75,15 +75,19 @@ def corpus() -> Iterable[str]:
             yield f" one red {word} on the left."
 
 
-def build_tokenizer(vocab_size: int = 768):
-    """Byte-level BPE (any text encodes, no <unk>) with the LLaVA-1.5 chat template."""
+def build_tokenizer(vocab_size: int = 768, extra_specials: tuple[str, ...] = ()):
+    """Byte-level BPE (any text encodes, no <unk>) with the LLaVA-1.5 chat template.
+
+    ``extra_specials`` adds other families' special tokens (e.g. Qwen2-VL's) for tiny test models.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + list(extra_specials),
+                                  show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(list(corpus()), trainer)
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",

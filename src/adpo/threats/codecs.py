@@ -59,3 +59,61 @@ def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
     (tested), and it is ~100x faster for bulk pre-training data.
     """
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@dataclass(frozen=True)
+class QwenPatchCodec:
+    """Qwen2-VL / Qwen2.5-VL: ``pixel_values`` are normalised, patchified rows (sum of gh*gw, C*T*P*P)
+    with T identical temporal copies of each patch (``image_grid_thw`` gives each image's grid).
+
+    ``decode`` returns (B, C, H, W) in [0,1] (images of one batch must share a grid: per-sample balls need
+    a per-sample tensor); ``encode`` is the differentiable inverse and equals the processor's output.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+
+    @classmethod
+    def from_processor(cls, processor) -> QwenPatchCodec:
+        ip = getattr(processor, "image_processor", processor)
+        base = ElementwiseCodec.from_processor(ip)
+        return cls(base.mean, base.std, int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size))
+
+    def _grid(self, image_grid_thw: torch.Tensor) -> tuple[int, int, int]:
+        grids = {tuple(int(v) for v in g) for g in image_grid_thw}
+        if len(grids) != 1:
+            raise ValueError(f"images in one batch have different patch grids {sorted(grids)}; resize them to one "
+                             "size (or attack one image at a time) so each sample has its own pixel tensor")
+        t, gh, gw = grids.pop()
+        if t != 1:
+            raise ValueError("video inputs (t > 1) are not supported by the image codec")
+        return len(image_grid_thw), gh, gw
+
+    def decode(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        n, gh, gw = self._grid(image_grid_thw)
+        P, M, T, C = self.patch_size, self.merge_size, self.temporal_patch_size, len(self.mean)
+        y = pixel_values.reshape(n, gh // M, gw // M, M, M, C, T, P, P)[:, :, :, :, :, :, 0]
+        x = y.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(n, C, gh * P, gw * P)
+        mean, std = ElementwiseCodec(self.mean, self.std)._stats(x)
+        return x * std + mean
+
+    def encode(self, x01: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        n, C, H, W = x01.shape
+        P, M, T = self.patch_size, self.merge_size, self.temporal_patch_size
+        gh, gw = H // P, W // P
+        x = ElementwiseCodec(self.mean, self.std).encode(x01)
+        x = x.reshape(n, C, gh // M, M, P, gw // M, M, P).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        x = x.unsqueeze(6).expand(*x.shape[:6], T, P, P)
+        return x.reshape(n * gh * gw, C * T * P * P)
+
+
+def codec_for(processor) -> ElementwiseCodec | QwenPatchCodec:
+    """The codec of a processor's family: patchified for Qwen2/2.5-VL, element-wise otherwise
+    (LLaVA-1.5 4-D, LLaVA-NeXT 5-D crops, Idefics3/SmolVLM 5-D, PaliGemma 4-D)."""
+    ip = getattr(processor, "image_processor", processor)
+    if hasattr(ip, "merge_size") and hasattr(ip, "temporal_patch_size"):
+        return QwenPatchCodec.from_processor(ip)
+    return ElementwiseCodec.from_processor(ip)

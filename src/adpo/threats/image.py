@@ -30,10 +30,13 @@ class ImagePGD:
     random_start: bool = True
     norm: str = "linf"
     keep_best: bool = False
+    universal: bool = False  # one delta shared by every sample of the batch (VisualAdv-style)
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.universal and self.keep_best:
+            raise ValueError("keep_best is per sample and undefined for a universal perturbation")
         if self.eps <= 0 or self.step_size <= 0 or self.steps < 0:
             raise ValueError("eps and step_size must be > 0 and steps >= 0")
 
@@ -52,18 +55,30 @@ class PGDResult:
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Project ``x`` onto {x : ||x - x0|| <= eps} ∩ [0,1]^n, per sample (first axis)."""
-    delta = x - x0
-    if eps < 1 or norm == "l2":
-        if norm == "linf":
-            delta = delta.clamp(-eps, eps)
-        else:
-            flat = delta.flatten(1)
-            scale = (eps / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-            delta = (flat * scale[:, None]).view_as(delta)
-    return (x0 + delta).clamp(0, 1)
+    return (x0 + project_delta(x - x0, eps, norm)).clamp(0, 1)
 
 
-def _step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+def project_delta(delta: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Project a perturbation onto its ball, per sample (first axis); eps >= 1 in L-inf leaves it free."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps) if eps < 1 else delta
+    flat = delta.flatten(1)
+    scale = (eps / flat.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return (flat * scale[:, None]).view_as(delta)
+
+
+def start_point(x0: torch.Tensor, cfg: ImagePGD, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x0``, or a uniform random point of the ball around it when ``cfg.random_start``."""
+    if not cfg.random_start:
+        return x0.clone()
+    noise = torch.rand(x0.shape, generator=generator).to(x0) * 2 - 1
+    if cfg.norm == "linf":
+        return project(x0 + min(cfg.eps, 1.0) * noise, x0, cfg.eps, "linf")
+    scale = cfg.eps / noise.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return project(x0 + noise * scale.view(-1, *[1] * (x0.dim() - 1)), x0, cfg.eps, "l2")
+
+
+def step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
     if norm == "linf":
         return x - step_size * grad.sign()
     g = grad.flatten(1)
@@ -77,16 +92,10 @@ def pgd(loss_fn: LossFn, x0: torch.Tensor, cfg: ImagePGD, generator: torch.Gener
     Gradients are taken with ``torch.autograd.grad`` w.r.t. the image only, so no parameter ``.grad``
     accumulates; works under a caller's ``torch.no_grad()``. Non-finite gradients are zeroed.
     """
+    if cfg.universal:
+        raise ValueError("pgd() perturbs each sample; use ImagePGD(universal=True).run(...) for a shared delta")
     x0 = x0.detach()
-    if cfg.random_start:
-        noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0) * 2 - 1
-        if cfg.norm == "linf":
-            x = project(x0 + min(cfg.eps, 1.0) * noise, x0, cfg.eps, "linf")
-        else:
-            x = project(x0 + noise * cfg.eps / noise.flatten(1).norm(dim=1).view(-1, *[1] * (x0.dim() - 1)),
-                        x0, cfg.eps, "l2")
-    else:
-        x = x0.clone()
+    x = start_point(x0, cfg, generator)
     best_x, best_loss = x.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device)
     with torch.enable_grad():
         for i in range(cfg.steps + 1):
@@ -102,7 +111,7 @@ def pgd(loss_fn: LossFn, x0: torch.Tensor, cfg: ImagePGD, generator: torch.Gener
                 break
             (grad,) = torch.autograd.grad(loss.sum(), x)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            x = project(_step(x.detach(), grad, cfg.step_size, cfg.norm), x0, cfg.eps, cfg.norm)
+            x = project(step(x.detach(), grad, cfg.step_size, cfg.norm), x0, cfg.eps, cfg.norm)
     if cfg.keep_best:
         x, last_loss = best_x, best_loss
     x = x.detach()

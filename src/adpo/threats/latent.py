@@ -1,0 +1,80 @@
+"""Latent-space threat model: additive perturbations on the residual stream after chosen decoder layers.
+
+The perturbation lives at the prompt positions only (image tokens and user text, never padding or the
+response), inside a per-token L2 ball, as in latent adversarial training (LAT). Layers are found through
+``get_decoder().layers`` after unwrapping DDP/DeepSpeed (``.module``) and PEFT (``get_base_model()``), so
+no family's module path or hidden size is hard-coded (official-code bugs B4, B5, B8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying transformers model of a DDP/DeepSpeed- and/or PEFT-wrapped one."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    core = unwrap(model)
+    if not hasattr(core, "get_decoder"):
+        raise TypeError(f"{type(core).__name__} has no get_decoder(): cannot locate decoder layers")
+    return core.get_decoder().layers
+
+
+def project_tokens(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale each token's vector (last axis) into the L2 ball of radius ``eps``."""
+    norm = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return delta * (eps / norm).clamp(max=1.0)
+
+
+def _add(out, delta: torch.Tensor, mask: torch.Tensor):
+    """Add ``delta`` (B, Tp, H) at the first Tp positions where ``mask`` (B, Tp) is set."""
+    hidden = out[0] if isinstance(out, tuple) else out
+    tp = delta.shape[1]
+    if hidden.shape[0] == delta.shape[0] and hidden.shape[1] < tp:
+        return out  # a cached decoding step after the prefill: the prompt positions are already in the cache
+    if hidden.shape[0] != delta.shape[0]:
+        raise ValueError(f"latent perturbation of shape {tuple(delta.shape)} does not fit hidden states "
+                         f"{tuple(hidden.shape)}: the perturbed forward must start with the attacked prompts")
+    add = (delta * mask[..., None]).to(hidden.dtype)
+    pad = hidden.new_zeros(hidden.shape[0], hidden.shape[1] - tp, hidden.shape[2])
+    hidden = hidden + torch.cat([add, pad], dim=1)
+    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+@contextmanager
+def residual_perturbation(model: nn.Module, deltas: dict[int, torch.Tensor], mask: torch.Tensor,
+                          norms: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
+    """Install forward hooks adding ``deltas[layer]`` after each decoder layer; removed on exit or error.
+
+    ``norms``, if given, receives each hooked layer's clean hidden-state norms at the masked positions
+    (for the ||delta|| / ||h|| diagnostic).
+    """
+    layers = decoder_layers(model)
+    handles = []
+
+    def hook_for(idx: int):
+        def hook(_module, _args, out):
+            if norms is not None:
+                hidden = out[0] if isinstance(out, tuple) else out
+                norms[idx] = hidden[:, : mask.shape[1]].detach().float().norm(dim=-1)[mask]
+            return _add(out, deltas[idx], mask)
+        return hook
+
+    try:
+        for idx in deltas:
+            handles.append(layers[idx].register_forward_hook(hook_for(idx)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
