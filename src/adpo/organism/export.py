@@ -80,7 +80,7 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
     world = World(world_cfg or WorldConfig())
     cfg = cfg or ExportConfig()
     out = Path(out_dir)
-    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    ensure_writable_dir(out.parent)
     files: dict[str, str] = {}
     rng = world.rng("export")
 

@@ -41,7 +41,7 @@ class PretrainConfig:
     steps: int = 300  # stage 2: the whole LLaVA on the base's conversation mix
     batch_size: int = 64
     lr: float = 2e-3
-    tower_lr_scale: float = 0.2  # stage 2 keeps the pre-trained tower trainable, at a lower rate
+    tower_lr_scale: float = 0.2  # stage 2 tunes the tower at a lower rate (0 freezes it, as LLaVA freezes CLIP)
     warmup: int = 20
     weight_decay: float = 0.01
     seed: int = 0
@@ -180,9 +180,13 @@ def train_base(world: World, processor, model_cfg: ModelConfig, cfg: PretrainCon
 
     tower = list(model.model.vision_tower.parameters())
     tower_ids = {id(p) for p in tower}
-    rest = [p for p in model.parameters() if id(p) not in tower_ids]
-    opt = torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": tower, "lr": cfg.lr * cfg.tower_lr_scale}],
-                            weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    groups = [{"params": [p for p in model.parameters() if id(p) not in tower_ids], "lr": cfg.lr}]
+    if cfg.tower_lr_scale > 0:
+        groups.append({"params": tower, "lr": cfg.lr * cfg.tower_lr_scale})
+    else:
+        for p in tower:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))))
     model, opt, sched = acc.prepare(model, opt, sched)
@@ -234,7 +238,6 @@ def pretrain(out_dir: str | Path, world_cfg: WorldConfig | None = None, model_cf
         return json.loads(metrics_path.read_text())
     if model_dir.exists():
         log(f"{model_dir} is incomplete or from other options: rebuilding it")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     world = World(world_cfg)
     processor = build_processor(world_cfg.image_size, model_cfg.patch_size, model_cfg.vocab_size)
