@@ -183,3 +183,19 @@ def test_qwen2vl_image_and_latent_attack(qwen2vl):
     assert (res.norms["image_linf"] <= 16 / 255 + 1e-6).all()
     assert (res.loss < _clean_loss(model, batch)).all()
     assert all(not layer._forward_hooks for layer in decoder_layers(model))
+
+
+def test_ddp_wrapped_model(llava, tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, proc, batch = llava
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)
+        res = JointPGD(ImagePGD(eps=8 / 255), LatentPGD(eps=0.5, layers=(0,)), steps=2).run(
+            ddp, batch, targeted_nll(batch), codec=codec_for(proc))
+        assert 0 in res.latent and all(not layer._forward_hooks for layer in decoder_layers(ddp))
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
