@@ -19,7 +19,7 @@ from adpo.objectives.logps import sft_loss
 from adpo.organism.pretrain import encode_samples
 from adpo.organism.world import World, WorldConfig
 from adpo.threats.codecs import codec_for
-from adpo.threats.engine import JointPGD, LatentPGD, targeted_nll
+from adpo.threats.engine import JointPGD, LatentPGD, model_inputs, targeted_nll
 from adpo.threats.image import ImagePGD
 
 
@@ -39,7 +39,7 @@ def main() -> int:
     batch = encode_samples(world, proc, [world.harm_sample("test", rng, 0.0, comply=True)
                                          for _ in range(args.batch)], rng)
     codec = codec_for(proc)
-    model_kwargs = {k: v for k, v in batch.items() if k not in ("labels", "prompt_mask")}
+    model_kwargs = model_inputs(batch)
 
     def train_step() -> None:
         model.zero_grad(set_to_none=True)

@@ -2,7 +2,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adpo.threats.image import ImagePGD, pgd, project
+from adpo.threats.engine import pgd
+from adpo.threats.image import ImagePGD, project
 
 
 @settings(max_examples=50, deadline=None)
@@ -35,7 +36,7 @@ def test_pgd_result_in_ball_and_lowers_loss(eps, steps, norm, rs):
     res = pgd(loss, x0, ImagePGD(eps=eps, step_size=eps / 4, steps=steps, random_start=rs, norm=norm,
                                  keep_best=True))
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
-    bound = res.linf if norm == "linf" else res.l2
+    bound = res.norms["image_linf"] if norm == "linf" else res.norms["image_l2"]
     assert (bound <= eps + 1e-5).all()
     assert (res.loss <= loss(x0) + 1e-6).all()  # keep_best never returns worse than the start
 

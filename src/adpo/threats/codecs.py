@@ -97,8 +97,7 @@ class QwenPatchCodec:
         P, M, T, C = self.patch_size, self.merge_size, self.temporal_patch_size, len(self.mean)
         y = pixel_values.reshape(n, gh // M, gw // M, M, M, C, T, P, P)[:, :, :, :, :, :, 0]
         x = y.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(n, C, gh * P, gw * P)
-        mean, std = ElementwiseCodec(self.mean, self.std)._stats(x)
-        return x * std + mean
+        return ElementwiseCodec(self.mean, self.std).decode(x)
 
     def encode(self, x01: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         n, C, H, W = x01.shape

@@ -39,10 +39,13 @@ MODEL_KEYS_EXCLUDED = ("labels", "prompt_mask")
 
 # ---- objectives -------------------------------------------------------------------------------------
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keyword arguments of ``model(...)`` in a batch (without ``labels`` and ``prompt_mask``)."""
+    return {k: v for k, v in batch.items() if k not in MODEL_KEYS_EXCLUDED}
+
+
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor], overrides: dict[str, torch.Tensor]):
-    kwargs = {k: v for k, v in batch.items() if k not in MODEL_KEYS_EXCLUDED}
-    kwargs.update(overrides)
-    return model(**kwargs)
+    return model(**{**model_inputs(batch), **overrides})
 
 
 def targeted_nll(batch: dict[str, torch.Tensor]) -> Objective:
@@ -116,14 +119,6 @@ class LatentPGD:
         return optimise(model, inputs, objective, latent=self, steps=self.steps, generator=generator)
 
 
-def _image_run(self: ImagePGD, model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *,
-               codec: Any, generator: torch.Generator | None = None) -> AttackResult:
-    return optimise(model, inputs, objective, image=self, codec=codec, steps=self.steps, generator=generator)
-
-
-ImagePGD.run = _image_run  # type: ignore[attr-defined]  # same call shape as the other threat models
-
-
 @dataclass(frozen=True)
 class JointPGD:
     """Image and latent perturbations optimised together, ``steps`` iterations (beyond the paper)."""
@@ -165,6 +160,27 @@ class AttackResult:
             yield overrides
 
 
+class _Identity:
+    """The codec of a plain tensor objective: the perturbed tensor is what the loss sees."""
+
+    @staticmethod
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    decode = encode
+
+
+def pgd(loss_fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, cfg: ImagePGD,
+        generator: torch.Generator | None = None) -> AttackResult:
+    """Image PGD on a plain objective ``loss_fn(x01) -> (B,)`` to minimise, through the shared loop.
+
+    For callers that already hold the image tensor and a closure over the model (and for testing the
+    math on toy objectives); gradients are w.r.t. the image only.
+    """
+    return optimise(nn.Module(), {"pixel_values": x0}, lambda _model, o: loss_fn(o["pixel_values"]), image=cfg,
+                    codec=_Identity(), steps=cfg.steps, generator=generator)
+
+
 def _prompt_mask(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     if "prompt_mask" not in inputs:
         raise KeyError("latent threats need inputs['prompt_mask'] (B, T): the prompt positions to perturb")
@@ -185,7 +201,6 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
              image: ImagePGD | None = None, latent: LatentPGD | None = None, codec: Any = None,
              generator: torch.Generator | None = None) -> AttackResult:
     """The shared PGD loop over an image perturbation, latent perturbations, or both."""
-    device = next(model.parameters()).device
     codec_kw = {k: inputs[k] for k in ("image_grid_thw",) if k in inputs}
     with attack_mode(model):
         x0 = x = None
@@ -206,6 +221,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
         mask = eps_lat = None
         clean_norms: dict[int, torch.Tensor] = {}
         if latent is not None:
+            device = next(model.parameters()).device
             mask = _prompt_mask(inputs).to(device)
             n_layers = len(decoder_layers(model))
             idx = sorted({li % n_layers for li in latent.layers})

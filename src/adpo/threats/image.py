@@ -1,19 +1,22 @@
-"""Image-space PGD in [0,1] pixel space (after resize/crop, before normalisation).
+"""Image-space PGD in [0,1] pixel space (after resize/crop, before normalisation): settings and math.
 
-One function serves training (ADPO's inner maximisation, AT) and evaluation (the white-box attacker),
-so a robustness number is never the product of a weaker attacker at test time or of a projection bug.
+The loop itself is :func:`adpo.threats.engine.optimise`, shared with the latent and joint threat models,
+so training (ADPO's inner maximisation, AT) and evaluation (the white-box attacker) run the same code.
 The projection is the correct one (official-code bug B1 wrote the clamped *delta* back as the image):
 ``x = clip(x0 + clip(x - x0, -eps, eps), 0, 1)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]  # x01 (B, ...) -> per-sample loss (B,) to MINIMISE
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .engine import AttackResult, Objective
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,12 @@ class ImagePGD:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def run(self, model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *,
+            codec: Any, generator: torch.Generator | None = None) -> AttackResult:
+        """The threat models' common call shape (see :mod:`adpo.threats.engine`)."""
+        from .engine import optimise  # the engine imports this module's math
 
-@dataclass
-class PGDResult:
-    x_adv: torch.Tensor  # (B, ...) detached, in [0,1] and inside the ball
-    loss: torch.Tensor  # (B,) loss of x_adv
-    settings: dict
-    linf: torch.Tensor  # (B,) ||x_adv - x0||_inf actually used
-    l2: torch.Tensor  # (B,)
+        return optimise(model, inputs, objective, image=self, codec=codec, steps=self.steps, generator=generator)
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -84,36 +85,3 @@ def step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> to
     g = grad.flatten(1)
     g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x - step_size * g.view_as(x)
-
-
-def pgd(loss_fn: LossFn, x0: torch.Tensor, cfg: ImagePGD, generator: torch.Generator | None = None) -> PGDResult:
-    """Minimise ``loss_fn`` over the ball around ``x0`` (per-sample deltas).
-
-    Gradients are taken with ``torch.autograd.grad`` w.r.t. the image only, so no parameter ``.grad``
-    accumulates; works under a caller's ``torch.no_grad()``. Non-finite gradients are zeroed.
-    """
-    if cfg.universal:
-        raise ValueError("pgd() perturbs each sample; use ImagePGD(universal=True).run(...) for a shared delta")
-    x0 = x0.detach()
-    x = start_point(x0, cfg, generator)
-    best_x, best_loss = x.clone(), torch.full((x0.shape[0],), float("inf"), device=x0.device)
-    with torch.enable_grad():
-        for i in range(cfg.steps + 1):
-            x = x.detach().requires_grad_(True)
-            loss = loss_fn(x)
-            if cfg.keep_best:
-                with torch.no_grad():
-                    better = loss.detach() < best_loss
-                    best_loss = torch.where(better, loss.detach(), best_loss)
-                    best_x[better] = x.detach()[better]
-            if i == cfg.steps:
-                last_loss = loss.detach()
-                break
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            x = project(step(x.detach(), grad, cfg.step_size, cfg.norm), x0, cfg.eps, cfg.norm)
-    if cfg.keep_best:
-        x, last_loss = best_x, best_loss
-    x = x.detach()
-    d = (x - x0).flatten(1)
-    return PGDResult(x, last_loss, cfg.to_dict(), d.abs().amax(1), d.norm(dim=1))
