@@ -2,13 +2,15 @@
 
 An attack step is one forward and one backward to the perturbation (parameters frozen, so no weight
 gradients); the reference is one training forward+backward (weight gradients) on the same batch.
-Usage: python benchmarks/attack_step_cost.py --organism runs/organism [--batch 32] [--steps 20]
+Each kind of pass is timed in interleaved repetitions and the median is reported with its spread.
+Usage: python benchmarks/attack_step_cost.py --organism runs/organism [--batch 32] [--steps 20] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ def main() -> int:
     ap.add_argument("--organism", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
     args = ap.parse_args()
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -45,24 +48,36 @@ def main() -> int:
         model.zero_grad(set_to_none=True)
         sft_loss(model(**model_kwargs).logits, batch["labels"]).backward()
 
-    train_step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
-    floor = (time.perf_counter() - t0) / args.steps
-    model.zero_grad(set_to_none=True)
-    print(json.dumps({"what": "train forward+backward", "ms": round(1000 * floor, 1), "batch": args.batch}))
     threats = {"image": ImagePGD(eps=16 / 255, steps=args.steps),
                "latent": LatentPGD(eps=0.5, steps=args.steps, layers=(1,), relative=True),
                "joint": JointPGD(ImagePGD(eps=16 / 255), LatentPGD(eps=0.5, layers=(1,), relative=True),
                                  steps=args.steps)}
-    for name, threat in threats.items():
-        threat.run(model, batch, targeted_nll(batch), codec=codec)  # warm-up
+
+    def per_step(name: str) -> float:
         t0 = time.perf_counter()
-        threat.run(model, batch, targeted_nll(batch), codec=codec)
-        per_step = (time.perf_counter() - t0) / (args.steps + 1)  # steps + the final evaluation forward
-        print(json.dumps({"what": f"{name} attack step", "ms": round(1000 * per_step, 1),
-                          "ratio_to_train_step": round(per_step / floor, 2), "batch": args.batch}))
+        if name == "train":
+            for _ in range(args.steps):
+                train_step()
+            return (time.perf_counter() - t0) / args.steps
+        threats[name].run(model, batch, targeted_nll(batch), codec=codec)
+        return (time.perf_counter() - t0) / (args.steps + 1)  # steps + the final evaluation forward
+
+    names = ["train", *threats]
+    for name in names:  # warm-up
+        per_step(name)
+    # interleaved repetitions and medians, so drift in the machine's speed hits every row alike
+    samples = {name: [] for name in names}
+    for _ in range(args.repeats):
+        for name in names:
+            samples[name].append(per_step(name))
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    model.zero_grad(set_to_none=True)
+    print(json.dumps({"what": "train forward+backward", "ms": round(1000 * med["train"], 1), "batch": args.batch,
+                      "spread_ms": [round(1000 * min(samples["train"]), 1), round(1000 * max(samples["train"]), 1)]}))
+    for name in threats:
+        print(json.dumps({"what": f"{name} attack step", "ms": round(1000 * med[name], 1),
+                          "ratio_to_train_step": round(med[name] / med["train"], 2), "batch": args.batch,
+                          "spread_ms": [round(1000 * min(samples[name]), 1), round(1000 * max(samples[name]), 1)]}))
     print(json.dumps({"machine": f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"}))
     return 0
 
