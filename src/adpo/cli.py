@@ -1,4 +1,4 @@
-"""Command line: ``adpo organism pretrain|export`` and ``adpo demo``.
+"""Command line: ``adpo organism pretrain|export``, ``adpo train`` and ``adpo demo``.
 
 Every command prints its resolved configuration first; options come from an optional YAML file
 (``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
@@ -80,6 +80,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer.config import RunConfig
+    from .trainer.loop import train
+
+    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    for key in ("method", "model", "data", "utility_data", "reference", "init", "out"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    run = RunConfig.from_dict(raw)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"# adpo train --method {run.method}: resolved configuration")
+        print(yaml.safe_dump(run.to_dict(), sort_keys=False).rstrip())
+        print(f"  (utility weight in effect: {run.utility_weight:g}; threat: {run.train.threat}, "
+              f"adversarial policy: {run.spec.adversarial}, reference: {run.spec.reference})")
+    summary = train(run, resume=args.resume, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {summary['steps']} steps in {summary['seconds']:.1f}s "
+              f"({summary['processes']} process(es), {summary['distributed_type']}); wrote {summary['saved']}, "
+              f"{run.out}/metrics.jsonl, {run.out}/config.yaml, {summary['plot']}")
+    return 0
+
+
 def _machine() -> str:
     import platform
 
@@ -130,16 +152,34 @@ def make_parser() -> argparse.ArgumentParser:
     organism_opts(sp)
     sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
     sp.set_defaults(func=cmd_demo)
+
+    from .trainer.config import METHODS
+
+    sp = sub.add_parser("train", help="train one method (sft, dpo, at, ar-dpo, at-dpo, adpo) on accelerate")
+    sp.add_argument("--method", choices=list(METHODS), default=None)
+    sp.add_argument("--model", default=None, help="base model folder (transformers format)")
+    sp.add_argument("--data", default=None, help="preference pairs: .jsonl/.json/.parquet, datasets folder or hub name")
+    sp.add_argument("--utility-data", dest="utility_data", default=None, help="SFT rows for the utility term")
+    sp.add_argument("--reference", default=None, help="AT run (or adapter) for ar-dpo / adpo: reference and init")
+    sp.add_argument("--init", default=None, help="adapter the policy starts from (e.g. an SFT run)")
+    sp.add_argument("--out", default=None, help="output folder")
+    sp.add_argument("--config", default=None, help="YAML: top-level keys and sections train/lora/image/latent")
+    sp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=50 image.steps=5")
+    sp.set_defaults(func=cmd_train)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from .data.formats import DataError
+
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, PermissionError, FileNotFoundError) as e:
+    except (ConfigError, DataError, PermissionError, FileNotFoundError) as e:
         print(f"adpo: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,42 +1,99 @@
 """Turn (image, prompt, response) rows into model tensors through the model's own processor.
 
 Prompt and response are tokenised separately and concatenated (as TRL does), so the prompt tokens seen
-in training are exactly the ones generation starts from. Labels are -100 outside the response.
+in training are exactly the ones generation starts from. The response's wrapping (a leading space, the
+end-of-turn token) comes from the processor's chat template, so LLaVA's ``ASSISTANT: …</s>`` and Qwen's
+``<|im_start|>assistant\\n…<|im_end|>`` both come out right. Labels are -100 outside the response.
+
+Pair batches put chosen rows first and rejected rows second, ``(2B, T)`` with one shared width, so a
+single forward scores both; the image tensors stay at ``B`` (one image per pair, shared by both answers,
+as in the paper's code) and :func:`double_images` repeats them for that forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 
 IGNORE = -100
+TEXT_KEYS = ("input_ids", "attention_mask", "labels", "prompt_mask")
+SENTINEL = "\x00RESPONSE\x00"
 
 
 def user_prompt(processor, text: str) -> str:
     """The chat-formatted user turn with one image and the generation prompt, via the processor's template."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(_user(text), add_generation_prompt=True, tokenize=False)
 
 
-def encode_prompts(processor, images: Sequence[Any], prompts: Sequence[str]) -> dict[str, Any]:
-    """Unpadded prompt ids (image tokens expanded) and the processor's pixel values."""
-    texts = [user_prompt(processor, p) for p in prompts]
-    enc = processor(images=list(images), text=texts, padding=False, return_tensors=None)
-    return {"input_ids": enc["input_ids"], "pixel_values": torch.as_tensor(np.asarray(enc["pixel_values"]))}
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
-def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
-    """Response ids: a leading space (the template ends with "ASSISTANT:") and EOS appended."""
-    ids = tokenizer([" " + r for r in responses], add_special_tokens=False)["input_ids"]
-    return [list(x) + [tokenizer.eos_token_id] for x in ids]
+def encode_prompts(processor, images: Sequence[Any], prompts: Sequence[str],
+                   formatted: Sequence[bool] | None = None) -> dict[str, Any]:
+    """Unpadded prompt ids (image tokens expanded), per-token extras and the processor's image tensors.
+
+    Returns ``input_ids`` (list of lists), ``token_extras`` (other per-token outputs such as Qwen's
+    ``mm_token_type_ids``, same layout) and every image tensor the processor makes (``pixel_values``,
+    LLaVA-NeXT's ``image_sizes``, Qwen's ``image_grid_thw`` …). ``formatted[i]`` marks a prompt that is
+    already chat-formatted (TRL's standard form).
+    """
+    formatted = formatted or [False] * len(prompts)
+    texts = [p if f else user_prompt(processor, p) for p, f in zip(prompts, formatted)]
+    enc = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+    keep = [m.bool() for m in enc["attention_mask"]]
+    shape = enc["input_ids"].shape
+    per_token = {k: _unpad(v, keep) for k, v in enc.items()
+                 if k not in ("input_ids", "attention_mask") and torch.is_tensor(v) and v.shape == shape}
+    out: dict[str, Any] = {"input_ids": _unpad(enc["input_ids"], keep), "token_extras": per_token}
+    out.update({k: v for k, v in enc.items() if k not in per_token and k not in ("input_ids", "attention_mask")
+                and torch.is_tensor(v)})
+    return out
+
+
+def _unpad(ids: torch.Tensor, keep: list[torch.Tensor]) -> list[list[int]]:
+    return [row[m].tolist() for row, m in zip(ids, keep)]
+
+
+@lru_cache(maxsize=16)
+def _response_wrap(template: str, eos: str) -> tuple[str, str]:
+    """(before, after): the text the chat template puts around an assistant answer, cut after EOS."""
+    from jinja2 import Template  # transformers' own dependency
+
+    def render(messages, gen):
+        return Template(template).render(messages=messages, add_generation_prompt=gen, bos_token="",
+                                         eos_token=eos)
+    prefix = render(_user("q"), True)
+    full = render(_user("q") + [{"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}], False)
+    if not full.startswith(prefix) or SENTINEL not in full:
+        return " ", eos
+    before, after = full[len(prefix):].split(SENTINEL, 1)
+    if eos and eos in after:
+        after = after[: after.index(eos) + len(eos)]
+    return before, after or eos
+
+
+def encode_responses(processor, responses: Sequence[str]) -> list[list[int]]:
+    """Response ids as the chat template wraps an assistant answer (ending with the end-of-turn token)."""
+    tok = getattr(processor, "tokenizer", processor)
+    template = getattr(processor, "chat_template", None) or tok.chat_template
+    before, after = _response_wrap(template, tok.eos_token or "")
+    ids = tok([before + r + after for r in responses], add_special_tokens=False)["input_ids"]
+    if not after:
+        return [list(x) + [tok.eos_token_id] for x in ids]
+    return [list(x) for x in ids]
 
 
 def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
-             max_length: int | None = None) -> dict[str, torch.Tensor]:
+             max_length: int | None = None, sources: Sequence[str] | None = None,
+             token_extras: dict[str, Sequence[Sequence[int]]] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels / prompt_mask for prompt+response rows.
+
+    ``token_extras`` (e.g. Qwen's ``mm_token_type_ids``) hold per-prompt-token values; the response and
+    padding positions get 0 (plain text).
 
     ``max_length`` truncates the *response* only; a prompt longer than ``max_length`` is an error, because
     cutting a prompt could cut image tokens and silently misalign the image features.
@@ -45,7 +102,8 @@ def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequenc
     for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
         if max_length is not None:
             if len(p) >= max_length:
-                raise ValueError(f"row {i}: prompt has {len(p)} tokens (image tokens included), "
+                where = sources[i] if sources else f"row {i}"
+                raise ValueError(f"{where}: prompt has {len(p)} tokens (image tokens included), "
                                  f"more than max_length={max_length}; raise max_length")
             r = list(r)[: max_length - len(p)]
         rows.append((list(p), list(r)))
@@ -61,14 +119,56 @@ def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequenc
         attention[i, : len(seq)] = 1
         labels[i, len(p): len(seq)] = torch.tensor(r)
         prompt_mask[i, : len(p)] = True
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "prompt_mask": prompt_mask}
+    out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "prompt_mask": prompt_mask}
+    for key, values in (token_extras or {}).items():
+        out[key] = torch.zeros((n, width), dtype=torch.long)
+        for i, v in enumerate(values):
+            out[key][i, : len(v)] = torch.tensor(v)
+    return out
 
 
 def collate(processor, images: Sequence[Any], prompts: Sequence[str], responses: Sequence[str],
-            max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """One training batch: padded ids, labels on the response, and normalised ``pixel_values``."""
-    enc = encode_prompts(processor, images, prompts)
-    out = pad_rows(enc["input_ids"], encode_responses(processor.tokenizer, responses),
-                   processor.tokenizer.pad_token_id, max_length)
-    out["pixel_values"] = enc["pixel_values"]
-    return out
+            max_length: int | None = None, formatted: Sequence[bool] | None = None,
+            sources: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """One SFT batch: padded ids, labels on the response, and the image tensors."""
+    enc = encode_prompts(processor, images, prompts, formatted)
+    out = pad_rows(enc.pop("input_ids"), encode_responses(processor, responses),
+                   processor.tokenizer.pad_token_id, max_length, sources, enc.pop("token_extras"))
+    return {**out, **enc}
+
+
+def collate_pairs(processor, images: Sequence[Any], prompts: Sequence[str], chosen: Sequence[str],
+                  rejected: Sequence[str], max_length: int | None = None, formatted: Sequence[bool] | None = None,
+                  sources: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """One preference batch: ``(2B, T)`` text rows [chosen; rejected] and the ``B`` images once."""
+    enc = encode_prompts(processor, images, prompts, formatted)
+    ids = enc.pop("input_ids")
+    extras = {k: v + v for k, v in enc.pop("token_extras").items()}
+    out = pad_rows(ids + ids, encode_responses(processor, list(chosen) + list(rejected)),
+                   processor.tokenizer.pad_token_id, max_length, list(sources or []) * 2 or None, extras)
+    return {**out, **enc}
+
+
+def is_text_key(batch: dict[str, torch.Tensor], key: str) -> bool:
+    """Per-token row tensors (ids, masks, labels, Qwen's ``mm_token_type_ids``) share ``input_ids``' shape."""
+    return key in TEXT_KEYS or (torch.is_tensor(batch[key]) and batch[key].shape == batch["input_ids"].shape)
+
+
+def image_keys(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The image tensors of a batch (everything that is not a per-token row tensor)."""
+    return {k: v for k, v in batch.items() if not is_text_key(batch, k)}
+
+
+def double_images(images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Repeat every image tensor for the [chosen; rejected] rows. Image tensors are concatenations over
+    images in order (LLaVA ``(B,3,H,W)``, NeXT ``(B,n,3,H,W)``, Qwen patches ``(ΣP, d)`` with ``grid_thw``),
+    so concatenating each with itself describes images ``0..B-1, 0..B-1``."""
+    return {k: torch.cat([v, v]) for k, v in images.items()}
+
+
+def halves(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(chosen, rejected) sub-batches of a pair batch, each with the (shared) image tensors."""
+    n = batch["input_ids"].shape[0] // 2
+    text = {k: v for k, v in batch.items() if is_text_key(batch, k)}
+    imgs = image_keys(batch)
+    return ({**{k: v[:n] for k, v in text.items()}, **imgs}, {**{k: v[n:] for k, v in text.items()}, **imgs})

@@ -99,7 +99,7 @@ def encode_samples(world: World, processor, samples: list[Sample], rng: np.rando
     if missing:
         table.update(prompt_id_table(processor, missing, world.config.image_size))
     batch = pad_rows([table[s.prompt] for s in samples],
-                     encode_responses(processor.tokenizer, [s.response for s in samples]),
+                     encode_responses(processor, [s.response for s in samples]),
                      processor.tokenizer.pad_token_id)
     x01 = uint8_to_unit(render_rows(world, samples, rng))
     batch["pixel_values"] = ElementwiseCodec.from_processor(processor).encode(x01)

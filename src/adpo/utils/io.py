@@ -26,12 +26,16 @@ def ensure_writable_dir(path: Path) -> Path:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON to a temp file in the same folder, then rename over ``path``."""
+    atomic_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file in the same folder, then rename over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

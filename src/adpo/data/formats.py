@@ -1,0 +1,285 @@
+"""Read preference and SFT datasets in the layouts people already have, into two plain row types.
+
+Supported layouts (detected per row from its keys, so one loader reads them all):
+
+* TRL: ``images``/``image`` + ``prompt`` + ``chosen`` + ``rejected`` as plain strings ("standard": the
+  prompt already formatted, image token included) or conversational message lists; SFT ``messages`` or
+  ``prompt`` + ``completion``;
+* LLaMA-Factory sharegpt (the official ADPO data): ``conversations`` [{from, value}] with ``<image>`` in
+  the human turn, ``chosen``/``rejected`` {from, value} for ranking data, ``images``;
+* SPA-VL / RLAIF-V (``image, question, chosen, rejected``), RLHF-V (``image, text`` = JSON with
+  ``question, chosen, rejected``), BeaverTails-V (``question, image, response_1, response_2,
+  safer_response_id``), VLGuard (``image, safe, instr-resp``: SFT rows).
+
+Every problem is reported as ``file: row N: field 'f': what is wrong`` before training starts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+IMAGE_PLACEHOLDER = "<image>"
+Kind = Literal["pairs", "sft"]
+
+
+class DataError(ValueError):
+    """A dataset file or row cannot be read; the message names the file, the row and the field."""
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One preference pair on one image. ``formatted``: the prompt is already chat-formatted (TRL standard)."""
+
+    image: Any  # PIL image, or a path / {"bytes"|"path"} opened lazily by :func:`open_image`
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str  # "file: row N", for error messages downstream
+    formatted: bool = False
+
+
+@dataclass(frozen=True)
+class SFTRow:
+    image: Any
+    prompt: str
+    response: str
+    source: str
+    formatted: bool = False
+
+
+# ---- reading files ---------------------------------------------------------------------------------
+
+def read_records(source: str | Path, split: str = "train", name: str | None = None) -> Iterator[tuple[str, dict]]:
+    """``(where, record)`` for a .jsonl / .json / .parquet file, a saved ``datasets`` folder, or a hub name."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".jsonl":
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: row {i}: not valid JSON ({e.msg})") from e
+                yield f"{path}: row {i}", rec
+        return
+    if path.is_file() and path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json dataset must be a list of rows, got {type(data).__name__}")
+        for i, rec in enumerate(data, 1):
+            yield f"{path}: row {i}", rec
+        return
+    import datasets
+
+    if path.is_file() and path.suffix == ".parquet":
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    elif path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    elif path.suffix in (".jsonl", ".json", ".parquet"):
+        raise DataError(f"{path}: file not found")
+    else:
+        try:
+            ds = datasets.load_dataset(str(source), name=name, split=split)
+        except Exception as e:  # offline, unknown name, gated: all end the same way for the user
+            raise DataError(f"{source}: not a file or folder here, and datasets.load_dataset could not load it "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    for i, rec in enumerate(ds, 1):
+        yield f"{source}: row {i}", rec
+
+
+def load_rows(source: str | Path, kind: Kind, split: str = "train", name: str | None = None,
+              image_root: str | Path | None = None) -> list[PairRow] | list[SFTRow]:
+    """All rows of ``source`` as :class:`PairRow` (``kind="pairs"``) or :class:`SFTRow`, validated.
+
+    Relative image paths are resolved against ``image_root`` (default: the file's folder).
+    """
+    root = Path(image_root) if image_root else (Path(source).parent if Path(source).exists() else None)
+    rows: list = []
+    for where, rec in read_records(source, split, name):
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: a row must be a JSON object, got {type(rec).__name__}")
+        rows.extend(pair_rows(rec, where, root) if kind == "pairs" else sft_rows(rec, where, root))
+    if not rows:
+        raise DataError(f"{source}: no {kind} rows")
+    return rows
+
+
+# ---- one record -> rows ----------------------------------------------------------------------------
+
+def pair_rows(rec: dict, where: str, root: Path | None = None) -> list[PairRow]:
+    keys = set(rec)
+    if "conversations" in keys:
+        prompt, _ = _sharegpt(rec, where, need_answer=False)
+        chosen, rejected = (_sharegpt_answer(rec, f, where) for f in ("chosen", "rejected"))
+        return [PairRow(_image(rec, where, root), prompt, chosen, rejected, where)]
+    if {"prompt", "chosen", "rejected"} <= keys:
+        prompt, formatted = _prompt(rec["prompt"], where, "prompt")
+        return [PairRow(_image(rec, where, root), prompt, _answer(rec["chosen"], where, "chosen"),
+                        _answer(rec["rejected"], where, "rejected"), where, formatted)]
+    if {"question", "chosen", "rejected"} <= keys:  # SPA-VL, RLAIF-V
+        return [PairRow(_image(rec, where, root), _text(rec["question"], where, "question"),
+                        _text(rec["chosen"], where, "chosen"), _text(rec["rejected"], where, "rejected"), where)]
+    if "text" in keys and "image" in keys:  # RLHF-V: text is a JSON string
+        try:
+            inner = json.loads(rec["text"]) if isinstance(rec["text"], str) else rec["text"]
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: field 'text': not a JSON string ({e.msg})") from e
+        if not isinstance(inner, dict):
+            raise DataError(f"{where}: field 'text': expected a JSON object with question/chosen/rejected")
+        return pair_rows({"image": rec["image"], **inner}, where, root)
+    if {"response_1", "response_2", "question"} <= keys:  # BeaverTails-V
+        pick = rec.get("safer_response_id", rec.get("more_helpful_response_id"))
+        if pick not in (0, 1, 2, "0", "1", "2"):
+            raise DataError(f"{where}: field 'safer_response_id': expected 0/1 or 1/2, got {pick!r}")
+        first = int(pick) in (0, 1)
+        a, b = _text(rec["response_1"], where, "response_1"), _text(rec["response_2"], where, "response_2")
+        return [PairRow(_image(rec, where, root), _text(rec["question"], where, "question"),
+                        a if first else b, b if first else a, where)]
+    raise DataError(f"{where}: unknown preference layout (keys {sorted(keys)}); expected TRL "
+                    "(prompt/chosen/rejected), LLaMA-Factory (conversations/chosen/rejected), SPA-VL "
+                    "(question/chosen/rejected), RLHF-V (image/text) or BeaverTails-V (response_1/response_2)")
+
+
+def sft_rows(rec: dict, where: str, root: Path | None = None) -> list[SFTRow]:
+    keys = set(rec)
+    if "messages" in keys or "conversations" in keys:
+        field = "messages" if "messages" in keys else "conversations"
+        prompt, answer = _sharegpt({**rec, "conversations": rec[field]}, where, need_answer=True, field=field)
+        return [SFTRow(_image(rec, where, root), prompt, answer, where)]
+    if {"prompt", "completion"} <= keys:
+        prompt, formatted = _prompt(rec["prompt"], where, "prompt")
+        return [SFTRow(_image(rec, where, root), prompt, _answer(rec["completion"], where, "completion"), where,
+                       formatted)]
+    if "instr-resp" in keys:  # VLGuard
+        items = rec["instr-resp"]
+        if not isinstance(items, list) or not items:
+            raise DataError(f"{where}: field 'instr-resp': expected a non-empty list")
+        out = []
+        for j, item in enumerate(items):
+            instr = next((item[k] for k in ("instruction", "safe_instruction", "unsafe_instruction")
+                          if isinstance(item, dict) and k in item), None)
+            if instr is None or "response" not in item:
+                raise DataError(f"{where}: field 'instr-resp[{j}]': needs an instruction and a response")
+            out.append(SFTRow(_image(rec, where, root), _text(instr, where, f"instr-resp[{j}]"),
+                              _text(item["response"], where, f"instr-resp[{j}].response"), where))
+        return out
+    raise DataError(f"{where}: unknown SFT layout (keys {sorted(keys)}); expected messages, conversations, "
+                    "prompt/completion or VLGuard instr-resp")
+
+
+# ---- fields ------------------------------------------------------------------------------------------
+
+def _text(value: Any, where: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{field}': expected a non-empty string, got {value!r:.60}")
+    return value.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def _content(content: Any, where: str, field: str) -> str:
+    """The text of a message's content: a string, or parts [{type: text|image}]."""
+    if isinstance(content, str):
+        return _text(content, where, field)
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return _text(" ".join(parts), where, field)
+    raise DataError(f"{where}: field '{field}': content must be a string or a list of parts")
+
+
+def _messages(value: Any, where: str, field: str) -> list[tuple[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}': expected a non-empty list of messages")
+    out = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: field '{field}[{j}]': a message must be an object")
+        role = m.get("role", m.get("from"))
+        role = {"human": "user", "gpt": "assistant"}.get(role, role)
+        if role not in ("user", "assistant", "system"):
+            raise DataError(f"{where}: field '{field}[{j}]': unknown role {role!r}")
+        out.append((role, _content(m.get("content", m.get("value")), where, f"{field}[{j}]")))
+    return out
+
+
+def _prompt(value: Any, where: str, field: str) -> tuple[str, bool]:
+    """(text, formatted): a plain-string prompt is TRL's standard form, already chat-formatted."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field '{field}': empty prompt")
+        return value, True
+    turns = [t for t in _messages(value, where, field) if t[0] != "system"]
+    if len(turns) != 1 or turns[0][0] != "user":
+        raise DataError(f"{where}: field '{field}': expected one user turn (multi-turn rows are not supported)")
+    return turns[0][1], False
+
+
+def _answer(value: Any, where: str, field: str) -> str:
+    if isinstance(value, str):
+        return _text(value, where, field)
+    turns = _messages(value, where, field)
+    if len(turns) != 1 or turns[0][0] != "assistant":
+        raise DataError(f"{where}: field '{field}': expected one assistant message")
+    return turns[0][1]
+
+
+def _sharegpt(rec: dict, where: str, need_answer: bool, field: str = "conversations") -> tuple[str, str | None]:
+    turns = [t for t in _messages(rec[field], where, field) if t[0] != "system"]
+    want = 2 if need_answer else 1
+    roles = [r for r, _ in turns]
+    if roles != ["user", "assistant"][:want]:
+        raise DataError(f"{where}: field '{field}': expected {' then '.join(['user', 'assistant'][:want])} "
+                        f"(multi-turn rows are not supported), got roles {roles}")
+    return turns[0][1], (turns[1][1] if need_answer else None)
+
+
+def _sharegpt_answer(rec: dict, field: str, where: str) -> str:
+    value = rec.get(field)
+    if isinstance(value, dict):
+        return _content(value.get("value", value.get("content")), where, field)
+    return _answer(value, where, field)
+
+
+def _image(rec: dict, where: str, root: Path | None) -> Any:
+    field = "images" if "images" in rec else "image"
+    value = rec.get(field)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise DataError(f"{where}: field '{field}': exactly one image per row is supported, got {len(value)}")
+        value = value[0]
+    if value is None:
+        raise DataError(f"{where}: field '{field}': missing; every row needs one image (use a blank image for "
+                        "text-only requests, as HarmBench's blank-image rows do)")
+    if isinstance(value, dict) and value.get("bytes") is None:
+        value = value.get("path")
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        if not path.exists():
+            raise DataError(f"{where}: field '{field}': image file {path} not found")
+        return path
+    return value
+
+
+def open_image(value: Any):
+    """A PIL RGB image from a PIL image, a path, or a ``{"bytes": ...}`` record."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+    with Image.open(value) as im:
+        return im.convert("RGB")
+

@@ -1,0 +1,68 @@
+"""Deterministic batch streams: batch ``m`` of rank ``r`` is a pure function of (seed, m, r).
+
+That makes resume exact without saving iterator state (the step count is the data position), and it
+shards across processes by slicing one global batch, so 2 processes × b rows see the same rows as
+1 process × 2b rows (the DDP equivalence test relies on it). Epochs are fresh permutations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .collate import collate, collate_pairs
+from .formats import PairRow, SFTRow, open_image
+
+IMAGE_CACHE_ROWS = 4096
+
+
+@dataclass
+class BatchStream:
+    rows: Sequence[PairRow] | Sequence[SFTRow]
+    processor: Any
+    batch_size: int  # per process
+    seed: int = 0
+    max_length: int | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        self._perms: dict[int, np.ndarray] = {}
+        self._images: dict[int, Any] = {}
+
+    def indices(self, m: int) -> list[int]:
+        """Row indices of micro-batch ``m`` for this rank."""
+        n, b = len(self.rows), self.batch_size
+        start = (m * self.world_size + self.rank) * b
+        return [int(self._perm(pos // n)[pos % n]) for pos in range(start, start + b)]
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
+        return self._perms[epoch]
+
+    def _image(self, i: int):
+        """Decoded images are kept for small datasets (the organism's are re-read every epoch)."""
+        if i in self._images:
+            return self._images[i]
+        image = open_image(self.rows[i].image)
+        if len(self.rows) <= IMAGE_CACHE_ROWS:
+            self._images[i] = image
+        return image
+
+    def batch(self, m: int) -> dict[str, torch.Tensor]:
+        idx = self.indices(m)
+        rows = [self.rows[i] for i in idx]
+        kw = dict(max_length=self.max_length, formatted=[r.formatted for r in rows], sources=[r.source for r in rows])
+        images = [self._image(i) for i in idx]
+        if isinstance(rows[0], PairRow):
+            return collate_pairs(self.processor, images, [r.prompt for r in rows], [r.chosen for r in rows],
+                                 [r.rejected for r in rows], **kw)
+        return collate(self.processor, images, [r.prompt for r in rows], [r.response for r in rows], **kw)
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.batch_size * self.world_size / len(self.rows)

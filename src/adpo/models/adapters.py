@@ -1,0 +1,163 @@
+"""Load a VLM, put a LoRA policy on its language model, and give DPO a reference without a second base.
+
+* LoRA (peft) on the language model's linear layers only (a regex, so CLIP's ``q_proj`` is not hit);
+  vision tower and projector stay frozen unless the regex says otherwise.
+* The reference is a frozen *named adapter* on the same base (e.g. the AT adapter; the policy adapter
+  starts as a copy of it), or the base itself with the adapter disabled: one base model in memory.
+* Full fine-tuning is supported too; its reference is an explicit frozen copy (never a reload from disk,
+  TRL's surprise in ecosystem.md §3.3).
+
+Switching to the reference adapter is a context manager that restores the active adapter and every
+``requires_grad`` flag (peft's ``set_adapter`` silently makes the chosen adapter trainable).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+LM_LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+POLICY, REFERENCE = "default", "ref"  # "default" so save_pretrained writes a plain, top-level adapter
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """``enabled=False`` is full fine-tuning of the modules ``full_train`` names (a regex on parameter names)."""
+
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target: str = LM_LORA
+    full_train: str = r".*(language_model|lm_head).*"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    """A transformers image-text model and its processor from a local folder."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model folder {path} has no config.json (expected a saved transformers model)")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def resolve_run(path: str | Path) -> Path:
+    """A training run folder's adapter (``OUT/adapter``) or full model (``OUT/model``), or ``path`` itself."""
+    path = Path(path)
+    for sub in ("adapter", "model"):
+        if (path / sub / "adapter_config.json").exists() or (path / sub / "config.json").exists():
+            return path / sub
+    if is_adapter(path) or (path / "config.json").exists():
+        return path
+    raise FileNotFoundError(f"{path} is neither a peft adapter, a model folder, nor an adpo run folder")
+
+
+@dataclass
+class Policy:
+    """The trainable model and how to score the reference."""
+
+    model: nn.Module
+    reference: str  # "adapter" | "disabled-adapter" | "copy" | "none"
+    ref_copy: nn.Module | None = None
+
+    @contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The reference, ready to be called (under the caller's ``no_grad``); state restored on exit."""
+        if self.reference == "copy":
+            yield self.ref_copy
+        elif self.reference == "disabled-adapter":
+            with self.model.disable_adapter():
+                yield self.model
+        elif self.reference == "adapter":
+            flags = [(p, p.requires_grad) for p in self.model.parameters()]
+            self.model.set_adapter(REFERENCE, inference_mode=True)
+            try:
+                yield self.model
+            finally:
+                self.model.set_adapter(POLICY)
+                for p, f in flags:
+                    p.requires_grad_(f)
+        else:
+            raise RuntimeError("this method has no reference model")
+
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+
+def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = None,
+                 reference: str = "none") -> Policy:
+    """The policy (and its reference) for a method.
+
+    ``init``: a peft adapter the policy starts from (e.g. the AT adapter), or None (a fresh LoRA, which
+    equals the base at step 0). ``reference``: "init" (the model the policy starts from) or "none".
+    Full fine-tuning takes its starting weights from ``base`` (load the AT model as the base).
+    """
+    import re
+
+    if reference not in ("init", "none"):
+        raise ValueError(f"reference must be 'init' or 'none', got {reference!r}")
+    if not lora.enabled:
+        if init is not None:
+            raise ValueError("full fine-tuning starts from the model folder itself; pass the AT model as --model")
+        pattern = re.compile(lora.full_train)
+        for n, p in base.named_parameters():
+            p.requires_grad_(bool(pattern.fullmatch(n)))
+        ref = None
+        if reference == "init":
+            ref = copy.deepcopy(base).eval()
+            ref.requires_grad_(False)
+        return Policy(base, "copy" if ref is not None else "none", ref)
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base.requires_grad_(False)
+    if init is None:
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target)
+        model = get_peft_model(base, cfg, adapter_name=POLICY)
+        kind = "disabled-adapter" if reference == "init" else "none"
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"LoRA target regex {lora.target!r} matched no module of {type(base).__name__}")
+        return Policy(model, kind)
+    init = Path(init)
+    if not is_adapter(init):
+        raise FileNotFoundError(f"{init} is not a peft adapter folder (no adapter_config.json)")
+    model = PeftModel.from_pretrained(base, init, adapter_name=POLICY, is_trainable=True)
+    if reference == "init":
+        model.load_adapter(init, adapter_name=REFERENCE, is_trainable=False)
+        model.set_adapter(POLICY)
+        return Policy(model, "adapter")
+    return Policy(model, "none")
+
+
+def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the policy as a plain peft adapter (``out/adapter``) or a full model (``out/model``), with the
+    processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly."""
+    from ..utils.io import atomic_dir
+
+    name = "adapter" if hasattr(policy.model, "peft_config") else "model"
+    target = out / name
+    with atomic_dir(target) as tmp:
+        if name == "adapter":
+            policy.model.save_pretrained(tmp, selected_adapters=[POLICY])
+        else:
+            policy.model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "adpo_train.json").write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
+    return target

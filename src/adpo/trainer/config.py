@@ -1,0 +1,166 @@
+"""Training options and the six methods of the paper's comparison, each a small declarative spec.
+
+=========  ===========  ====================  ==========================================
+method     objective    adversarial policy?   reference (and initial policy)
+=========  ===========  ====================  ==========================================
+sft        SFT          no                    none
+dpo        DPO          no                    the initial model (base, or ``--init``)
+at         AT           yes (refusal CE)      none: this *is* the adversarial reference
+ar-dpo     DPO          no                    the AT model (``--reference``)
+at-dpo     DPO          yes                   the initial model (base, or ``--init``)
+adpo       DPO          yes                   the AT model (``--reference``)
+=========  ===========  ====================  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..models.adapters import LoraSettings
+from ..threats.engine import JointPGD, LatentPGD
+from ..threats.image import ImagePGD
+from ..utils.config import ConfigError, build
+
+
+@dataclass(frozen=True)
+class Method:
+    objective: str  # "sft" | "dpo" | "at"
+    adversarial: bool  # the policy's loss is taken under a fresh worst-case perturbation
+    reference: str  # "none" | "init" (initial model) | "at" (an AT run, also the initial policy)
+    utility_weight: float  # default weight of the clean utility SFT term
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method("sft", False, "none", 1.0),
+    "dpo": Method("dpo", False, "init", 0.0),
+    "at": Method("at", True, "none", 30.0),  # α = 30, the official AT script's AT_alpha
+    "ar-dpo": Method("dpo", False, "at", 0.0),
+    "at-dpo": Method("dpo", True, "init", 0.0),
+    "adpo": Method("dpo", True, "at", 0.0),
+}
+
+# The official code's PGD (method.md §2.2), with its projection bug fixed: L-inf 0.2, step 0.0125, 30 steps,
+# no random start, keep the lowest-loss iterate. Latent (LAT): AdamW-like steps of 0.05, 10 steps, eps 0.1.
+TRAIN_IMAGE_DEFAULTS = {"eps": 0.2, "step_size": 0.0125, "steps": 30, "random_start": False, "keep_best": True}
+TRAIN_LATENT_DEFAULTS = {"eps": 0.1, "step_size": 0.05, "steps": 10, "optimizer": "adam", "layers": (-2,)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop's options. ``steps`` counts optimizer steps; ``epochs`` is used when ``steps`` is 0."""
+
+    steps: int = 0
+    epochs: float = 1.0
+    batch_size: int = 2  # pairs (or SFT rows) per process per micro-batch
+    utility_batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-5
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # preference loss
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
+    label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0  # SFT term on the chosen answer (TRL rpo_alpha, LLaMA-Factory pref_ftx)
+    utility_weight: float | None = None  # None: the method's default (at: 30, sft: 1, DPO family: 0)
+    at_floor: float | None = None  # the official AT code's 0.5 loss floor, opt-in only
+    # adversary
+    threat: str = "image"  # image | latent | joint
+    attack_objective: str = "rejected_nll"  # rejected_nll (official code) | dpo_margin
+    reference_input: str = "clean"  # clean (official code) | perturbed (for study)
+    # bookkeeping
+    seed: int = 0
+    max_length: int | None = None
+    log_every: int = 1
+    save_every: int = 0  # 0: a checkpoint at the end only
+    keep_checkpoints: int = 2
+    report_to: str = "none"  # none | tensorboard
+
+    def __post_init__(self) -> None:
+        checks = {"threat": ("image", "latent", "joint"), "attack_objective": ("rejected_nll", "dpo_margin"),
+                  "reference_input": ("clean", "perturbed"), "loss_type": ("sigmoid", "ipo", "hinge"),
+                  "report_to": ("none", "tensorboard")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 0 or self.epochs <= 0:
+            raise ValueError("batch_size and grad_accum must be >= 1, steps >= 0 and epochs > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``adpo train`` run resolves to (saved as ``OUT/config.yaml``)."""
+
+    method: str
+    model: str
+    data: str
+    out: str
+    utility_data: str | None = None
+    reference: str | None = None
+    init: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    image: ImagePGD = field(default_factory=lambda: ImagePGD(**TRAIN_IMAGE_DEFAULTS))
+    latent: LatentPGD = field(default_factory=lambda: LatentPGD(**TRAIN_LATENT_DEFAULTS))
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def utility_weight(self) -> float:
+        w = self.train.utility_weight
+        return self.spec.utility_weight if w is None else w
+
+    def threat(self) -> ImagePGD | LatentPGD | JointPGD:
+        if self.train.threat == "image":
+            return self.image
+        if self.train.threat == "latent":
+            return self.latent
+        return JointPGD(self.image, self.latent, steps=self.image.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("train", "lora", "image", "latent")}
+        out.update(train=asdict(self.train), lora=self.lora.to_dict(), image=self.image.to_dict(),
+                   latent=self.latent.to_dict())
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Build from a nested mapping (YAML + overrides); unknown keys and bad values are ConfigErrors."""
+        raw = dict(raw)
+        sections = {"train": TrainConfig, "lora": LoraSettings}
+        kw: dict[str, Any] = {k: build(c, raw.pop(k, None), k) for k, c in sections.items()}
+        kw["image"] = build(ImagePGD, {**TRAIN_IMAGE_DEFAULTS, **(raw.pop("image", None) or {})}, "image")
+        kw["latent"] = build(LatentPGD, {**TRAIN_LATENT_DEFAULTS, **(raw.pop("latent", None) or {})}, "latent")
+        top = {"method", "model", "data", "out", "utility_data", "reference", "init"}
+        unknown = sorted(set(raw) - top)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known top-level keys: {sorted(top)} and sections "
+                              "train/lora/image/latent")
+        for key in ("method", "model", "data", "out"):
+            if not raw.get(key):
+                raise ConfigError(f"missing required option '{key}' (--{key} or '{key}:' in the config)")
+        if raw["method"] not in METHODS:
+            raise ConfigError(f"unknown method {raw['method']!r}; known: {list(METHODS)}")
+        run = cls(**{k: (str(v) if v is not None else None) for k, v in raw.items()}, **kw)
+        run.validate()
+        return run
+
+    def validate(self) -> None:
+        spec = self.spec
+        if spec.reference == "at" and not self.reference:
+            raise ConfigError(f"method {self.method} needs --reference: the AT run (adpo train --method at) whose "
+                              "model is both the reference and the initial policy")
+        if spec.reference != "at" and self.reference:
+            hint = {"dpo": "ar-dpo", "at-dpo": "adpo"}.get(self.method)
+            raise ConfigError(f"method {self.method} does not take --reference"
+                              + (f"; use --method {hint} to train against an AT reference" if hint else ""))
+        if self.reference and self.init:
+            raise ConfigError("--reference is also the initial policy; do not pass --init with it")
+        if self.utility_weight > 0 and not self.utility_data:
+            raise ConfigError(f"method {self.method} uses a utility SFT term (weight {self.utility_weight:g}); pass "
+                              "--utility-data, or set train.utility_weight=0")

@@ -1,0 +1,177 @@
+"""The one training loop, on accelerate, for every method (not a TRL subclass: ecosystem.md §0).
+
+Gradient accumulation, warm-up + schedule, clipping and mixed precision come from accelerate (launch
+configs in ``configs/accelerate/``); attacks run on the unwrapped model; batches are a pure function of
+the step (exact resume, DDP sharding). ``train(run)`` writes ``OUT/adapter`` (or ``OUT/model``),
+``OUT/metrics.jsonl``, ``OUT/config.yaml``, ``OUT/checkpoints/`` and ``OUT/training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..data.formats import load_rows
+from ..data.stream import BatchStream
+from ..models.adapters import build_policy, load_base, resolve_run, save_trained
+from ..threats.codecs import codec_for
+from ..utils.config import ConfigError
+from ..utils.io import atomic_text, ensure_writable_dir
+from . import checkpoint
+from .config import RunConfig
+from .steps import StepContext, step_fn
+from .tracking import MetricsLog, plot_curves
+
+
+def write_config(run: RunConfig, path: Path) -> None:
+    atomic_text(path, yaml.safe_dump(run.to_dict(), sort_keys=False))
+
+
+def check_resume_config(run: RunConfig, path: Path) -> None:
+    """A resumed run must be the same run: differing options would silently mix two recipes."""
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text())
+    now = yaml.safe_load(yaml.safe_dump(run.to_dict(), sort_keys=False))
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise ConfigError(f"--resume: options differ from {path} in {diff}; use a new --out or the same options")
+
+
+def _models(run: RunConfig):
+    """Base model + processor, and the policy with its reference, as the method asks."""
+    start = run.reference or run.init
+    full_ft = not run.lora.enabled
+    if full_ft and start:  # full fine-tuning starts from the given model folder itself
+        model_dir = resolve_run(start)
+        base, processor = load_base(model_dir)
+        init = None
+    else:
+        base, processor = load_base(run.model)
+        init = resolve_run(start) if start else None
+    reference = "init" if run.spec.reference in ("init", "at") else "none"
+    return build_policy(base, run.lora, init, reference), processor
+
+
+def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one training run; returns a summary (steps, seconds, output paths)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    cfg = run.train
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    out = Path(run.out)
+    ensure_writable_dir(out)  # every rank checks, so a refusal never leaves the others waiting
+    if resume:
+        check_resume_config(run, out / "config.yaml")
+    elif checkpoint.checkpoints(out / "checkpoints"):
+        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose a new --out (nothing is overwritten)")
+    if acc.is_main_process:
+        write_config(run, out / "config.yaml")
+    acc.wait_for_everyone()
+    set_seed(cfg.seed)
+
+    pairs = load_rows(run.data, "pairs")
+    utility_rows = load_rows(run.utility_data, "sft") if run.utility_weight > 0 else None
+    policy, processor = _models(run)
+    stream = BatchStream(pairs, processor, cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
+                         acc.num_processes)
+    util_stream = (BatchStream(utility_rows, processor, cfg.utility_batch_size, cfg.seed + 1, cfg.max_length,
+                               acc.process_index, acc.num_processes) if utility_rows else None)
+    per_step = cfg.batch_size * acc.num_processes * cfg.grad_accum
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / per_step))
+
+    params = [p for _, p in policy.trainable()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    model, optimizer = acc.prepare(policy.model, optimizer)
+    if policy.ref_copy is not None:
+        policy.ref_copy.to(acc.device)
+    core = acc.unwrap_model(model)
+    ctx = StepContext(run, model, core, policy, codec_for(processor), torch.Generator(), acc.autocast)
+    step_once = step_fn(run.spec.objective)
+
+    log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None) \
+        if acc.is_main_process else None
+    start = 0
+    if resume:
+        found = checkpoint.checkpoints(out / "checkpoints")
+        if found:
+            start = checkpoint.load(found[-1][1], acc, model, optimizer, scheduler)
+            acc.print(f"resumed from {found[-1][1]} (step {start} of {total})")
+        else:
+            acc.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+    if log is not None and start:
+        log.truncate(start)
+    elif log is not None:
+        log.path.unlink(missing_ok=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=start, desc=f"train {run.method}", disable=not (progress and acc.is_main_process),
+               dynamic_ncols=True)
+    model.train()
+    t_start = time.time()
+    for step in range(start, total):
+        t0 = time.time()
+        logged: dict[str, float] = {}
+        is_log = (step + 1) % cfg.log_every == 0 or step + 1 == total
+        for micro in range(cfg.grad_accum):
+            m = step * cfg.grad_accum + micro
+            ctx.generator.manual_seed((cfg.seed * 1_000_003 + m) * 1_009 + acc.process_index)
+            batch = _to(stream.batch(m), acc.device)
+            utility = _to(util_stream.batch(m), acc.device) if util_stream else None
+            with acc.accumulate(model):
+                loss, metrics = step_once(ctx, batch, utility, is_log and micro == cfg.grad_accum - 1)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            logged.update(metrics)
+            logged["loss"] = logged.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+        scheduler.step()
+        if is_log:
+            logged.update({"grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0],
+                           "epoch": round(stream.epochs(step + 1), 4), "time/step_s": round(time.time() - t0, 4)})
+            logged = _mean_across(acc, logged)
+            if log is not None:
+                log.write(step + 1, logged)
+            bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("loss", "adv/margin_attacked", "adv/margin_clean")
+                             if k in logged})
+        bar.update(1)
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+            checkpoint.save(out / "checkpoints", step + 1, acc, model, optimizer, scheduler, cfg.keep_checkpoints)
+    bar.close()
+    seconds = time.time() - t_start
+    summary = {"method": run.method, "steps": total, "resumed_from": start, "seconds": round(seconds, 2),
+               "processes": acc.num_processes, "distributed_type": acc.distributed_type.name,
+               "pairs": len(pairs), "epochs": round(stream.epochs(total), 3)}
+    if acc.is_main_process:
+        summary["saved"] = str(save_trained(policy, processor, out, {**summary, "config": run.to_dict()}))
+        log.close()
+        summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
+    acc.wait_for_everyone()
+    return summary
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _mean_across(acc, metrics: dict[str, float]) -> dict[str, float]:
+    """Average logged scalars over processes, so the log describes the global batch."""
+    if acc.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([float(metrics[k]) for k in keys], device=acc.device)
+    t = acc.reduce(t, reduction="mean")
+    return dict(zip(keys, t.tolist()))

@@ -1,0 +1,146 @@
+"""One micro-batch of each objective: attack (if adversarial), forwards, loss and metrics.
+
+The attack runs on the *unwrapped* model (no DDP gradient sync, parameters frozen by the engine); its
+perturbation is then installed only around the policy's forward, so reference passes are always clean
+unless ``reference_input="perturbed"`` asks otherwise (official-code bug B6 was a stale hook here).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.collate import double_images, halves, image_keys, is_text_key
+from ..objectives.adversarial import at_loss
+from ..objectives.logps import sft_loss, token_logps
+from ..objectives.preference import dpo_loss, preference_metrics
+from ..threats.engine import AttackResult, dpo_margin, targeted_nll
+from ..threats.latent import residual_perturbation
+from .config import RunConfig
+
+
+@dataclass
+class StepContext:
+    run: RunConfig
+    model: nn.Module  # as prepared by accelerate (DDP-wrapped when distributed): gets the backward
+    core: nn.Module  # unwrapped: attacks and no-grad passes
+    policy: Any  # models.adapters.Policy (reference access)
+    codec: Any
+    generator: torch.Generator
+    autocast: Any = nullcontext
+
+
+def attack(ctx: StepContext, batch: dict[str, torch.Tensor]) -> AttackResult:
+    """A fresh worst-case perturbation of the pairs' images/prompts against the current policy."""
+    chosen, rejected = halves(batch)
+    objective = (targeted_nll(rejected) if ctx.run.train.attack_objective == "rejected_nll"
+                 else dpo_margin(chosen, rejected))
+    inputs = {**image_keys(batch), "prompt_mask": chosen["prompt_mask"], "attention_mask": chosen["attention_mask"]}
+    with ctx.autocast():
+        return ctx.run.threat().run(ctx.core, inputs, objective, codec=ctx.codec, generator=ctx.generator)
+
+
+def perturbed(model: nn.Module, adv: AttackResult | None, rows: int):
+    """Install ``adv``'s latent hooks for a forward over ``rows`` rows (the B pairs, repeated if needed)."""
+    if adv is None or not adv.latent:
+        return nullcontext()
+    reps = rows // adv.prompt_mask.shape[0]
+    deltas = {li: d.repeat(reps, 1, 1) for li, d in adv.latent.items()}
+    return residual_perturbation(model, deltas, adv.prompt_mask.repeat(reps, 1))
+
+
+def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, average: bool,
+               autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen logps, rejected logps, logits) of one [chosen; rejected] forward, perturbed by ``adv``."""
+    images = image_keys(batch)
+    if adv is not None and adv.pixel_values is not None:
+        images = {**images, "pixel_values": adv.pixel_values.to(images["pixel_values"].dtype)}
+    kwargs = {k: v for k, v in batch.items() if is_text_key(batch, k) and k not in ("labels", "prompt_mask")}
+    with perturbed(model, adv, batch["input_ids"].shape[0]), autocast():
+        logits = model(**kwargs, **double_images(images)).logits
+    lp, mask = token_logps(logits, batch["labels"])
+    seq = lp.sum(-1) / (mask.sum(-1).clamp_min(1) if average else 1)
+    n = seq.shape[0] // 2
+    return seq[:n], seq[n:], logits
+
+
+def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, autocast) -> torch.Tensor:
+    images = image_keys(batch)
+    if adv is not None and adv.pixel_values is not None:
+        images = {**images, "pixel_values": adv.pixel_values.to(images["pixel_values"].dtype)}
+    kwargs = {k: v for k, v in batch.items() if is_text_key(batch, k) and k not in ("labels", "prompt_mask")}
+    with perturbed(model, adv, batch["input_ids"].shape[0]), autocast():
+        logits = model(**kwargs, **images).logits
+    return sft_loss(logits, batch["labels"])
+
+
+def adversary_metrics(adv: AttackResult) -> dict[str, float]:
+    out = {"adv/attack_loss": float(adv.loss.mean())}
+    for key, value in adv.norms.items():
+        out[f"adv/{key}"] = float(value.max()) if torch.is_tensor(value) else float(value)
+    return out
+
+
+def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str, torch.Tensor] | None,
+             log: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO / AR-DPO / AT-DPO / ADPO: the policy under attack when the method is adversarial."""
+    run, cfg = ctx.run, ctx.run.train
+    average = cfg.loss_type == "ipo"
+    adv = attack(ctx, batch) if run.spec.adversarial else None
+    with torch.no_grad(), ctx.policy.reference_model() as ref:
+        ref_c, ref_r, _ = pair_logps(ref, batch, adv if cfg.reference_input == "perturbed" else None, average,
+                                     ctx.autocast)
+    pol_c, pol_r, logits = pair_logps(ctx.model, batch, adv, average, ctx.autocast)
+    out = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+    loss = out.losses.mean()
+    metrics: dict[str, float] = {}
+    if cfg.rpo_alpha > 0:
+        n = pol_c.shape[0]
+        chosen_sft = sft_loss(logits[:n], batch["labels"][:n])
+        loss = loss + cfg.rpo_alpha * chosen_sft
+        metrics["sft/chosen_ce"] = float(chosen_sft.detach())
+    if utility is not None:
+        util = sft_forward(ctx.model, utility, None, ctx.autocast)
+        loss = loss + run.utility_weight * util
+        metrics["sft/utility_ce"] = float(util.detach())
+    if log:
+        metrics.update(preference_metrics(out, pol_c, pol_r))
+        if adv is not None:
+            metrics["adv/margin_attacked"] = float((pol_c - pol_r).detach().mean())
+            with torch.no_grad():
+                clean_c, clean_r, _ = pair_logps(ctx.core, batch, None, average, ctx.autocast)
+            metrics["adv/margin_clean"] = float((clean_c - clean_r).mean())
+            metrics.update(adversary_metrics(adv))
+        else:
+            metrics["adv/margin_clean"] = float((pol_c - pol_r).detach().mean())
+    return loss, metrics
+
+
+def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str, torch.Tensor] | None,
+                   log: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFT on the chosen (safe) answer, clean (sft) or under the attack toward the rejected one (at)."""
+    run = ctx.run
+    adv = attack(ctx, batch) if run.spec.adversarial else None
+    chosen, _ = halves(batch)
+    refusal = sft_forward(ctx.model, chosen, adv, ctx.autocast)
+    util = sft_forward(ctx.model, utility, None, ctx.autocast) if utility is not None else None
+    if run.spec.objective == "at":
+        loss = at_loss(refusal, util, run.utility_weight, run.train.at_floor)
+    else:
+        loss = refusal + (run.utility_weight * util if util is not None else 0.0)
+    metrics: dict[str, float] = {}
+    if log:
+        metrics["sft/chosen_ce" if adv is None else "adv/chosen_ce_attacked"] = float(refusal.detach())
+        if util is not None:
+            metrics["sft/utility_ce"] = float(util.detach())
+        if adv is not None:
+            metrics.update(adversary_metrics(adv))
+    return loss, metrics
+
+
+def step_fn(objective: str):
+    return dpo_step if objective == "dpo" else sft_or_at_step
