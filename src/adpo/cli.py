@@ -176,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from .data.formats import DataError
 
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow flags (``--resume train.beta=0.5``); argparse stops at the first flag
+    late = [x for x in extra if "=" in x and not x.startswith("-")] if hasattr(args, "overrides") else []
+    if len(late) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(x for x in extra if x not in late)}")
+    if late:
+        args.overrides = list(args.overrides) + late
     try:
         return args.func(args)
     except (ConfigError, DataError, PermissionError, FileNotFoundError) as e:

@@ -137,12 +137,13 @@ def pair_rows(rec: dict, where: str, root: Path | None = None) -> list[PairRow]:
         if not isinstance(inner, dict):
             raise DataError(f"{where}: field 'text': expected a JSON object with question/chosen/rejected")
         return pair_rows({"image": rec["image"], **inner}, where, root)
-    if {"response_1", "response_2", "question"} <= keys:  # BeaverTails-V
-        pick = rec.get("safer_response_id", rec.get("more_helpful_response_id"))
-        if pick not in (0, 1, 2, "0", "1", "2"):
-            raise DataError(f"{where}: field 'safer_response_id': expected 0/1 or 1/2, got {pick!r}")
-        first = int(pick) in (0, 1)
+    if {"response_1", "response_2", "question"} <= keys:  # BeaverTails-V: ids name response_1 / response_2
+        field = "safer_response_id" if "safer_response_id" in keys else "more_helpful_response_id"
+        pick = rec.get(field)
+        if str(pick) not in ("1", "2"):
+            raise DataError(f"{where}: field '{field}': expected 1 or 2 (response_1 / response_2), got {pick!r}")
         a, b = _text(rec["response_1"], where, "response_1"), _text(rec["response_2"], where, "response_2")
+        first = str(pick) == "1"
         return [PairRow(_image(rec, where, root), _text(rec["question"], where, "question"),
                         a if first else b, b if first else a, where)]
     raise DataError(f"{where}: unknown preference layout (keys {sorted(keys)}); expected TRL "
@@ -255,11 +256,11 @@ def _image(rec: dict, where: str, root: Path | None) -> Any:
         if len(value) != 1:
             raise DataError(f"{where}: field '{field}': exactly one image per row is supported, got {len(value)}")
         value = value[0]
+    if isinstance(value, dict) and value.get("bytes") is None:
+        value = value.get("path")  # a datasets Image record without bytes
     if value is None:
         raise DataError(f"{where}: field '{field}': missing; every row needs one image (use a blank image for "
                         "text-only requests, as HarmBench's blank-image rows do)")
-    if isinstance(value, dict) and value.get("bytes") is None:
-        value = value.get("path")
     if isinstance(value, str):
         path = Path(value)
         if not path.is_absolute() and root is not None:

@@ -131,10 +131,7 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
     if init is None:
         cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target)
         model = get_peft_model(base, cfg, adapter_name=POLICY)
-        kind = "disabled-adapter" if reference == "init" else "none"
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError(f"LoRA target regex {lora.target!r} matched no module of {type(base).__name__}")
-        return Policy(model, kind)
+        return Policy(model, "disabled-adapter" if reference == "init" else "none")
     init = Path(init)
     if not is_adapter(init):
         raise FileNotFoundError(f"{init} is not a peft adapter folder (no adapter_config.json)")

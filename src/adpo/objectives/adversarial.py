@@ -15,6 +15,6 @@ def at_loss(adversarial_ce: torch.Tensor, utility_ce: torch.Tensor | None, alpha
             floor: float | None = None) -> torch.Tensor:
     """Scalar AT loss. ``floor`` reproduces the official code's ``0.5 + 1e-4·ℓ`` below 0.5 when set."""
     adv = adversarial_ce
-    if floor is not None and float(adv) < floor:
+    if floor is not None and float(adv.detach()) < floor:
         adv = floor + 1e-4 * adv
     return adv if utility_ce is None else adv + alpha * utility_ce

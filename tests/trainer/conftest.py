@@ -1,0 +1,43 @@
+"""A tiny untrained organism saved to disk and a small export of its world: what `adpo train` reads."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, processor, tiny_cfg):
+    from adpo.organism.build import build_model
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(processor, 32, tiny_cfg, seed=0).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    from adpo.organism.export import ExportConfig, export
+
+    path = tmp_path_factory.mktemp("export") / "data"
+    export(path, cfg=ExportConfig(n_pairs=32, n_sft=32, n_eval=8))
+    return path
+
+
+@pytest.fixture()
+def run_args(tiny_dir, export_dir, tmp_path):
+    """Keyword arguments of a RunConfig for a few cheap steps."""
+    def make(method: str, out: str = "run", **sections):
+        raw = {"method": method, "model": str(tiny_dir), "data": str(export_dir / "preference_train.jsonl"),
+               "utility_data": str(export_dir / "sft_train.jsonl"), "out": str(tmp_path / out),
+               "train": {"steps": 4, "batch_size": 4, "utility_batch_size": 4, "lr": 5e-3, "warmup_ratio": 0.0,
+                         "scheduler": "constant"},
+               "image": {"steps": 2, "eps": 0.2, "step_size": 0.05},
+               "latent": {"steps": 2, "eps": 0.5, "relative": True, "step_size": 0.2, "optimizer": "sign"}}
+        for name, opts in sections.items():
+            if isinstance(opts, dict):
+                raw[name] = {**raw.get(name, {}), **opts}
+            else:
+                raw[name] = opts
+        return raw
+    return make
