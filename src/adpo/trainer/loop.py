@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,26 +59,55 @@ def _models(run: RunConfig):
     return build_policy(base, run.lora, init, reference), processor
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one training run; returns a summary (steps, seconds, output paths)."""
+@dataclass
+class Session:
+    """A prepared run: models, data streams, optimizer and schedule. ``step(i)`` is one optimizer step."""
+
+    run: RunConfig
+    acc: Any
+    policy: Any
+    processor: Any
+    stream: BatchStream
+    util_stream: BatchStream | None
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    params: list
+    ctx: StepContext
+    total: int
+
+    def step(self, step: int, log: bool) -> dict[str, float]:
+        """Optimizer step ``step`` (0-based): ``grad_accum`` micro-batches, clip, update, schedule."""
+        cfg, acc = self.run.train, self.acc
+        step_once = step_fn(self.run.spec.objective)
+        logged: dict[str, float] = {"loss": 0.0}
+        for micro in range(cfg.grad_accum):
+            m = step * cfg.grad_accum + micro
+            self.ctx.generator.manual_seed((cfg.seed * 1_000_003 + m) * 1_009 + acc.process_index)
+            batch = _to(self.stream.batch(m), acc.device)
+            utility = _to(self.util_stream.batch(m), acc.device) if self.util_stream else None
+            with acc.accumulate(self.model):
+                loss, metrics = step_once(self.ctx, batch, utility, log and micro == cfg.grad_accum - 1)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    logged["grad_norm"] = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            logged.update(metrics)
+            logged["loss"] += float(loss.detach()) / cfg.grad_accum
+        self.scheduler.step()
+        return logged
+
+
+def setup(run: RunConfig) -> Session:
+    """Load data and models and prepare them on accelerate (no files written)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     cfg = run.train
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
-    out = Path(run.out)
-    ensure_writable_dir(out)  # every rank checks, so a refusal never leaves the others waiting
-    if resume:
-        check_resume_config(run, out / "config.yaml")
-    elif checkpoint.checkpoints(out / "checkpoints"):
-        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
-                          "or choose a new --out (nothing is overwritten)")
-    if acc.is_main_process:
-        write_config(run, out / "config.yaml")
-    acc.wait_for_everyone()
     set_seed(cfg.seed)
-
     pairs = load_rows(run.data, "pairs")
     utility_rows = load_rows(run.utility_data, "sft") if run.utility_weight > 0 else None
     policy, processor = _models(run)
@@ -87,7 +117,6 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
                                acc.process_index, acc.num_processes) if utility_rows else None)
     per_step = cfg.batch_size * acc.num_processes * cfg.grad_accum
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / per_step))
-
     params = [p for _, p in policy.trainable()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
@@ -95,17 +124,32 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
     model, optimizer = acc.prepare(policy.model, optimizer)
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
-    core = acc.unwrap_model(model)
-    ctx = StepContext(run, model, core, policy, codec_for(processor), torch.Generator(), acc.autocast)
-    step_once = step_fn(run.spec.objective)
+    ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
+                      acc.autocast)
+    model.train()
+    return Session(run, acc, policy, processor, stream, util_stream, model, optimizer, scheduler, params, ctx, total)
 
+
+def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one training run; returns a summary (steps, seconds, output paths)."""
+    out = Path(run.out)
+    ensure_writable_dir(out)  # every rank checks, so a refusal never leaves the others waiting
+    if resume:
+        check_resume_config(run, out / "config.yaml")
+    elif checkpoint.checkpoints(out / "checkpoints"):
+        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose a new --out (nothing is overwritten)")
+    s = setup(run)
+    acc, cfg, total = s.acc, run.train, s.total
+    if acc.is_main_process:
+        write_config(run, out / "config.yaml")
     log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None) \
         if acc.is_main_process else None
     start = 0
     if resume:
         found = checkpoint.checkpoints(out / "checkpoints")
         if found:
-            start = checkpoint.load(found[-1][1], acc, model, optimizer, scheduler)
+            start = checkpoint.load(found[-1][1], acc, s.model, s.optimizer, s.scheduler)
             acc.print(f"resumed from {found[-1][1]} (step {start} of {total})")
         else:
             acc.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
@@ -118,30 +162,14 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
 
     bar = tqdm(total=total, initial=start, desc=f"train {run.method}", disable=not (progress and acc.is_main_process),
                dynamic_ncols=True)
-    model.train()
     t_start = time.time()
     for step in range(start, total):
         t0 = time.time()
-        logged: dict[str, float] = {}
         is_log = (step + 1) % cfg.log_every == 0 or step + 1 == total
-        for micro in range(cfg.grad_accum):
-            m = step * cfg.grad_accum + micro
-            ctx.generator.manual_seed((cfg.seed * 1_000_003 + m) * 1_009 + acc.process_index)
-            batch = _to(stream.batch(m), acc.device)
-            utility = _to(util_stream.batch(m), acc.device) if util_stream else None
-            with acc.accumulate(model):
-                loss, metrics = step_once(ctx, batch, utility, is_log and micro == cfg.grad_accum - 1)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            logged.update(metrics)
-            logged["loss"] = logged.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-        scheduler.step()
+        logged = s.step(step, is_log)
         if is_log:
-            logged.update({"grad_norm": float(grad_norm), "learning_rate": scheduler.get_last_lr()[0],
-                           "epoch": round(stream.epochs(step + 1), 4), "time/step_s": round(time.time() - t0, 4)})
+            logged.update({"learning_rate": s.scheduler.get_last_lr()[0],
+                           "epoch": round(s.stream.epochs(step + 1), 4), "time/step_s": round(time.time() - t0, 4)})
             logged = _mean_across(acc, logged)
             if log is not None:
                 log.write(step + 1, logged)
@@ -149,14 +177,14 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
                              if k in logged})
         bar.update(1)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-            checkpoint.save(out / "checkpoints", step + 1, acc, model, optimizer, scheduler, cfg.keep_checkpoints)
+            checkpoint.save(out / "checkpoints", step + 1, acc, s.model, s.optimizer, s.scheduler,
+                            cfg.keep_checkpoints)
     bar.close()
-    seconds = time.time() - t_start
-    summary = {"method": run.method, "steps": total, "resumed_from": start, "seconds": round(seconds, 2),
+    summary = {"method": run.method, "steps": total, "resumed_from": start, "seconds": round(time.time() - t_start, 2),
                "processes": acc.num_processes, "distributed_type": acc.distributed_type.name,
-               "pairs": len(pairs), "epochs": round(stream.epochs(total), 3)}
+               "pairs": len(s.stream.rows), "epochs": round(s.stream.epochs(total), 3)}
     if acc.is_main_process:
-        summary["saved"] = str(save_trained(policy, processor, out, {**summary, "config": run.to_dict()}))
+        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()}))
         log.close()
         summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
     acc.wait_for_everyone()
