@@ -102,3 +102,16 @@ def test_at_dpo_uses_the_plain_reference(run_args, tmp_path):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert abs(rows[0]["loss"] - math.log(2)) > 1e-5
     assert any(k.startswith("adv/latent_l2_max@") for k in rows[0])
+
+
+def test_gradient_accumulation_equals_the_larger_batch(run_args, tmp_path):
+    from safetensors.torch import load_file
+
+    common = {"steps": 2, "lr": 5e-3, "utility_weight": 0.0}
+    train(RunConfig.from_dict(run_args("dpo", out="acc", utility_data=None,
+                                       train={**common, "batch_size": 2, "grad_accum": 2})), progress=False)
+    train(RunConfig.from_dict(run_args("dpo", out="big", utility_data=None,
+                                       train={**common, "batch_size": 4})), progress=False)
+    a = load_file(str(tmp_path / "acc" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "big" / "adapter" / "adapter_model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

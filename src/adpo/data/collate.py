@@ -13,7 +13,6 @@ as in the paper's code) and :func:`double_images` repeats them for that forward.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -58,33 +57,43 @@ def _unpad(ids: torch.Tensor, keep: list[torch.Tensor]) -> list[list[int]]:
     return [row[m].tolist() for row, m in zip(ids, keep)]
 
 
-@lru_cache(maxsize=16)
-def _response_wrap(template: str, eos: str) -> tuple[str, str]:
-    """(before, after): the text the chat template puts around an assistant answer, cut after EOS."""
-    from jinja2 import Template  # transformers' own dependency
+def _response_wrap(processor) -> tuple[str, str]:
+    """(before, after): the text the chat template puts around an assistant answer, cut after EOS.
 
-    def render(messages, gen):
-        return Template(template).render(messages=messages, add_generation_prompt=gen, bos_token="",
-                                         eos_token=eos)
-    prefix = render(_user("q"), True)
-    full = render(_user("q") + [{"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}], False)
-    if not full.startswith(prefix) or SENTINEL not in full:
-        return " ", eos
-    before, after = full[len(prefix):].split(SENTINEL, 1)
-    if eos and eos in after:
-        after = after[: after.index(eos) + len(eos)]
-    return before, after or eos
+    Rendered by the processor's own ``apply_chat_template`` (transformers' Jinja environment, which knows
+    tags such as ``{% generation %}`` in llava-hf's templates), once per template.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    template = getattr(processor, "chat_template", None) or tok.chat_template
+    key = (template, tok.eos_token)
+    if key not in _WRAPS:
+        prefix = processor.apply_chat_template(_user("q"), add_generation_prompt=True, tokenize=False)
+        full = processor.apply_chat_template(
+            _user("q") + [{"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}], tokenize=False)
+        before, after = " ", ""
+        if full.startswith(prefix) and SENTINEL in full:
+            before, after = full[len(prefix):].split(SENTINEL, 1)
+        eos = tok.eos_token or ""
+        after = after[: after.index(eos) + len(eos)] if eos and eos in after else after.rstrip()
+        _WRAPS[key] = (before, after)
+    return _WRAPS[key]
+
+
+_WRAPS: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 def encode_responses(processor, responses: Sequence[str]) -> list[list[int]]:
-    """Response ids as the chat template wraps an assistant answer (ending with the end-of-turn token)."""
+    """Response ids as the chat template wraps an assistant answer, always ending with EOS.
+
+    Templates that close a turn without EOS (llava-hf's ends with a space) get EOS appended, so the
+    model learns to stop.
+    """
     tok = getattr(processor, "tokenizer", processor)
-    template = getattr(processor, "chat_template", None) or tok.chat_template
-    before, after = _response_wrap(template, tok.eos_token or "")
+    before, after = _response_wrap(processor)
     ids = tok([before + r + after for r in responses], add_special_tokens=False)["input_ids"]
-    if not after:
-        return [list(x) + [tok.eos_token_id] for x in ids]
-    return [list(x) for x in ids]
+    if tok.eos_token and tok.eos_token in after:
+        return [list(x) for x in ids]
+    return [list(x) + [tok.eos_token_id] for x in ids]
 
 
 def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
