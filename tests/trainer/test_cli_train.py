@@ -41,6 +41,9 @@ def test_bad_row_names_file_row_and_field(tiny_dir, export_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{data}: row 2: field 'chosen" in err
     assert not (tmp_path / "r" / "adapter").exists()
+    # a prompt longer than max_length (image tokens included) is refused, naming the row, not cut
+    assert main(cli_args(tiny_dir, export_dir, tmp_path / "r2") + ["train.max_length=10"]) == 2
+    assert "preference_train.jsonl: row" in (err := capsys.readouterr().err) and "max_length=10" in err
 
 
 def test_method_errors_say_what_to_do(tiny_dir, export_dir, tmp_path, capsys):
@@ -50,5 +53,9 @@ def test_method_errors_say_what_to_do(tiny_dir, export_dir, tmp_path, capsys):
     assert "--utility-data" in capsys.readouterr().err
     assert main(cli_args(tiny_dir, export_dir, tmp_path / "r") + ["train.threat=pixels"]) == 2
     assert "threat must be one of" in capsys.readouterr().err
+    assert main(cli_args(tiny_dir, export_dir, tmp_path / "r") + ["train.scheduler=cosine_annealing"]) == 2
+    assert "scheduler must be one of" in capsys.readouterr().err
+    assert main(cli_args(tiny_dir, export_dir, tmp_path / "r") + ["train.log_every=0"]) == 2
+    assert "log_every must be >= 1" in capsys.readouterr().err
     assert main(cli_args(tiny_dir, export_dir, tmp_path / "r") + ["image.epsilon=1"]) == 2
     assert "unknown option(s) ['epsilon'] in section 'image'" in capsys.readouterr().err

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .formats import DataError
+
 IGNORE = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "labels", "prompt_mask")
 SENTINEL = "\x00RESPONSE\x00"
@@ -112,7 +114,7 @@ def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequenc
         if max_length is not None:
             if len(p) >= max_length:
                 where = sources[i] if sources else f"row {i}"
-                raise ValueError(f"{where}: prompt has {len(p)} tokens (image tokens included), "
+                raise DataError(f"{where}: prompt has {len(p)} tokens (image tokens included), "
                                  f"more than max_length={max_length}; raise max_length")
             r = list(r)[: max_length - len(p)]
         rows.append((list(p), list(r)))

@@ -143,7 +143,8 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
     return Policy(model, "none")
 
 
-def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None) -> Path:
+def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None,
+                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the policy as a plain peft adapter (``out/adapter``) or a full model (``out/model``), with the
     processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly."""
     from ..utils.io import atomic_dir
@@ -152,9 +153,9 @@ def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any
     target = out / name
     with atomic_dir(target) as tmp:
         if name == "adapter":
-            policy.model.save_pretrained(tmp, selected_adapters=[POLICY])
+            policy.model.save_pretrained(tmp, selected_adapters=[POLICY], state_dict=state_dict)
         else:
-            policy.model.save_pretrained(tmp)
+            policy.model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
         (tmp / "adpo_train.json").write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
     return target

@@ -26,14 +26,15 @@ from ..utils.io import atomic_dir
 PATTERN = re.compile(r"step-(\d+)$")
 
 
-def _sharded(accelerator) -> bool:
+def sharded(accelerator) -> bool:
     return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
 
 
 def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep: int) -> Path:
     """Write ``folder/step-NNNNNN`` from the main process; prune to the newest ``keep``."""
     target = folder / f"step-{step:06d}"
-    if _sharded(accelerator):
+    rng = _gather_rng(accelerator)  # collective: every rank's generators, so a DDP resume is exact too
+    if sharded(accelerator):
         accelerator.save_state(str(target))
         if accelerator.is_main_process:
             (target / "state.json").write_text(json.dumps({"step": step}))
@@ -51,8 +52,7 @@ def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep
                           str(tmp / "trainable.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                       tmp / "rng.pt")
+            torch.save(rng, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
         for old in sorted(checkpoints(folder))[:-keep] if keep > 0 else []:
             shutil.rmtree(old[1], ignore_errors=True)
@@ -71,7 +71,7 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
     """Restore a checkpoint into the live objects; returns its step."""
     step = json.loads((path / "state.json").read_text())["step"]
-    if _sharded(accelerator):
+    if sharded(accelerator):
         accelerator.load_state(str(path))
         return step
     core = accelerator.unwrap_model(model)
@@ -97,8 +97,23 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
                 params[n].copy_(w)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng: dict[str, Any] = torch.load(path / "rng.pt", weights_only=False)
+    states: list[dict[str, Any]] = torch.load(path / "rng.pt", weights_only=False)
+    if len(states) != accelerator.num_processes:
+        raise RuntimeError(f"{path} was saved by {len(states)} process(es); resume it with the same number")
+    rng = states[accelerator.process_index]
     torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     return step
+
+
+def _gather_rng(accelerator) -> list[dict[str, Any]]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    if accelerator.num_processes == 1:
+        return [state]
+    from accelerate.utils import gather_object
+
+    return gather_object([state])

@@ -78,16 +78,24 @@ class TrainConfig:
     save_every: int = 0  # 0: a checkpoint at the end only
     keep_checkpoints: int = 2
     report_to: str = "none"  # none | tensorboard
+    model_dtype: str = "float32"  # base weights; bfloat16 halves memory (trainable LoRA weights stay fp32)
 
     def __post_init__(self) -> None:
         checks = {"threat": ("image", "latent", "joint"), "attack_objective": ("rejected_nll", "dpo_margin"),
                   "reference_input": ("clean", "perturbed"), "loss_type": ("sigmoid", "ipo", "hinge"),
-                  "report_to": ("none", "tensorboard")}
+                  "report_to": ("none", "tensorboard"), "model_dtype": ("float32", "bfloat16", "float16")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.batch_size < 1 or self.grad_accum < 1 or self.steps < 0 or self.epochs <= 0:
-            raise ValueError("batch_size and grad_accum must be >= 1, steps >= 0 and epochs > 0")
+        if min(self.batch_size, self.utility_batch_size, self.grad_accum, self.log_every) < 1:
+            raise ValueError("batch_size, utility_batch_size, grad_accum and log_every must be >= 1")
+        if self.steps < 0 or self.epochs <= 0 or self.beta <= 0 or self.save_every < 0:
+            raise ValueError("steps and save_every must be >= 0, epochs and beta > 0")
+        from transformers.trainer_utils import SchedulerType
+
+        known = [t.value for t in SchedulerType]
+        if self.scheduler not in known:
+            raise ValueError(f"scheduler must be one of {known}, got {self.scheduler!r}")
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,12 @@ def check_resume_config(run: RunConfig, path: Path) -> None:
 def _models(run: RunConfig):
     """Base model + processor, and the policy with its reference, as the method asks."""
     start = run.reference or run.init
-    full_ft = not run.lora.enabled
-    if full_ft and start:  # full fine-tuning starts from the given model folder itself
-        model_dir = resolve_run(start)
-        base, processor = load_base(model_dir)
+    dtype = getattr(torch, run.train.model_dtype)  # explicit: transformers 5 would load a checkpoint's fp16
+    if not run.lora.enabled and start:  # full fine-tuning starts from the given model folder itself
+        base, processor = load_base(resolve_run(start), dtype)
         init = None
     else:
-        base, processor = load_base(run.model)
+        base, processor = load_base(run.model, dtype)
         init = resolve_run(start) if start else None
     reference = "init" if run.spec.reference in ("init", "at") else "none"
     return build_policy(base, run.lora, init, reference), processor
@@ -90,7 +89,9 @@ class Session:
                 loss, metrics = step_once(self.ctx, batch, utility, log and micro == cfg.grad_accum - 1)
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    logged["grad_norm"] = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                    norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    if norm is not None:  # DeepSpeed clips inside its engine and returns None
+                        logged["grad_norm"] = float(norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             logged.update(metrics)
@@ -121,7 +122,10 @@ def setup(run: RunConfig) -> Session:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
+    if acc.state.deepspeed_plugin is not None:  # no dataloader is prepared, so DeepSpeed cannot infer it
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     model, optimizer = acc.prepare(policy.model, optimizer)
+    acc.register_for_checkpointing(scheduler)  # restored by save_state/load_state under FSDP/DeepSpeed
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
@@ -168,8 +172,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
         is_log = (step + 1) % cfg.log_every == 0 or step + 1 == total
         logged = s.step(step, is_log)
         if is_log:
-            logged.update({"learning_rate": s.scheduler.get_last_lr()[0],
-                           "epoch": round(s.stream.epochs(step + 1), 4), "time/step_s": round(time.time() - t0, 4)})
+            logged.update({"learning_rate": s.scheduler.get_last_lr()[0], "time/step_s": round(time.time() - t0, 4),
+                           "epoch": round(s.stream.epochs((step + 1) * cfg.grad_accum), 4)})
             logged = _mean_across(acc, logged)
             if log is not None:
                 log.write(step + 1, logged)
@@ -182,9 +186,12 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
     bar.close()
     summary = {"method": run.method, "steps": total, "resumed_from": start, "seconds": round(time.time() - t_start, 2),
                "processes": acc.num_processes, "distributed_type": acc.distributed_type.name,
-               "pairs": len(s.stream.rows), "epochs": round(s.stream.epochs(total), 3)}
+               "pairs": len(s.stream.rows), "epochs": round(s.stream.epochs(total * cfg.grad_accum), 3)}
+    # sharded engines gather the full weights collectively (every rank), then the main process writes
+    state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
     if acc.is_main_process:
-        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()}))
+        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()},
+                                            state_dict=state))
         log.close()
         summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
     acc.wait_for_everyone()
