@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from adpo.objectives.logps import sft_loss
-from adpo.organism.pretrain import encode_samples
-from adpo.organism.world import World, WorldConfig
+from adpo.organism.pretrain import encode_samples, load_organism
 from adpo.threats.codecs import codec_for
 from adpo.threats.engine import JointPGD, LatentPGD, model_inputs, targeted_nll
 from adpo.threats.image import ImagePGD
@@ -32,12 +31,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved repetitions; medians are reported")
     args = ap.parse_args()
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(args.organism / "model")
-    proc = AutoProcessor.from_pretrained(args.organism / "model")
-    marker = json.loads((args.organism / "model" / "adpo_organism.json").read_text())
-    world = World(WorldConfig.from_dict(marker["world"]))
+    model, proc, world = load_organism(args.organism / "model")
+    model.train()  # the training step it is compared with runs in train mode
     rng = world.rng("bench")
     batch = encode_samples(world, proc, [world.harm_sample("test", rng, 0.0, comply=True)
                                          for _ in range(args.batch)], rng)

@@ -35,21 +35,11 @@ from adpo.data.collate import pad_rows
 from adpo.models.generation import generate
 from adpo.objectives.logps import sequence_logps, sft_loss
 from adpo.organism.judge import judge
-from adpo.organism.pretrain import encode_samples, prompt_id_table, render_rows
-from adpo.organism.world import REFUSAL, World, WorldConfig, compliance
+from adpo.organism.pretrain import encode_samples, load_organism, prompt_id_table, render_rows
+from adpo.organism.world import REFUSAL, World, compliance
 from adpo.threats.codecs import ElementwiseCodec, uint8_to_unit
 from adpo.threats.engine import pgd
 from adpo.threats.image import ImagePGD
-
-
-def load(organism: Path):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(organism / "model").eval()
-    proc = AutoProcessor.from_pretrained(organism / "model")
-    marker = json.loads((organism / "model" / "adpo_organism.json").read_text())
-    return model, proc, World(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in marker["world"].items()}))
 
 
 class Rows:
@@ -163,7 +153,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    base, proc, world = load(args.organism)
+    base, proc, world = load_organism(args.organism / "model")
     codec = ElementwiseCodec.from_processor(proc)
     rng = world.rng("acceptance", args.seed)
     train_h = [world.harm_sample("train", rng, 0.0, comply=False) for _ in range(256)]

@@ -149,8 +149,7 @@ def main() -> int:
           flush=True)
     rows = {}
     for method, k in COMBOS:
-        cmd = [sys.executable, __file__, "--one", method, str(k)] + [
-            a for a in sys.argv[1:]]
+        cmd = [sys.executable, __file__, "--one", method, str(k), *sys.argv[1:]]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)

@@ -89,13 +89,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     run = RunConfig.from_dict(raw)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, print once
+    if main_rank:
         print(f"# adpo train --method {run.method}: resolved configuration")
         print(yaml.safe_dump(run.to_dict(), sort_keys=False).rstrip())
         print(f"  (utility weight in effect: {run.utility_weight:g}; threat: {run.train.threat}, "
               f"adversarial policy: {run.spec.adversarial}, reference: {run.spec.reference})")
     summary = train(run, resume=args.resume, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(f"done: {summary['steps']} steps in {summary['seconds']:.1f}s "
               f"({summary['processes']} process(es), {summary['distributed_type']}); wrote {summary['saved']}, "
               f"{run.out}/metrics.jsonl, {run.out}/config.yaml, {summary['plot']}")

@@ -64,5 +64,6 @@ class BatchStream:
                                  [r.rejected for r in rows], **kw)
         return collate(self.processor, images, [r.prompt for r in rows], [r.response for r in rows], **kw)
 
-    def epochs(self, steps: int) -> float:
-        return steps * self.batch_size * self.world_size / len(self.rows)
+    def epochs(self, micro_batches: int) -> float:
+        """Passes over the rows after ``micro_batches`` global micro-batches."""
+        return micro_batches * self.batch_size * self.world_size / len(self.rows)

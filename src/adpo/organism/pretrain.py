@@ -222,6 +222,15 @@ def is_complete(model_dir: Path, fp: str) -> bool:
         return False
 
 
+def load_organism(model_dir: str | Path) -> tuple[Any, Any, World]:
+    """A pre-trained organism's model (eval mode), processor and the world it was trained on."""
+    from ..models.adapters import load_base
+
+    model, processor = load_base(model_dir)
+    marker = json.loads((Path(model_dir) / MARKER).read_text())
+    return model.eval(), processor, World(WorldConfig.from_dict(marker["world"]))
+
+
 def pretrain(out_dir: str | Path, world_cfg: WorldConfig | None = None, model_cfg: ModelConfig | None = None,
              cfg: PretrainConfig | None = None, *, force: bool = False, log: Callable[[str], None] = print,
              progress: bool = True) -> dict[str, Any]:

@@ -149,13 +149,20 @@ class AttackResult:
     norms: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
-    def applied(self, model: nn.Module, norms: dict[int, torch.Tensor] | None = None) -> Iterator[
+    def applied(self, model: nn.Module, norms: dict[int, torch.Tensor] | None = None, repeat: int = 1) -> Iterator[
             dict[str, torch.Tensor]]:
         """Yield the overrides (perturbed ``pixel_values``) with the latent hooks installed, for a
-        training or generation forward; hooks are removed on exit."""
+        training or generation forward; hooks are removed on exit.
+
+        ``repeat`` tiles the latent perturbation over a forward whose rows repeat the attacked ones
+        ``repeat`` times (the [chosen; rejected] rows of a pair batch share their pair's perturbation);
+        image overrides stay per image, since doubling image tensors is family-specific.
+        """
         overrides = {} if self.pixel_values is None else {"pixel_values": self.pixel_values}
-        ctx = (residual_perturbation(model, self.latent, self.prompt_mask, norms) if self.latent
-               else nullcontext())
+        ctx = nullcontext()
+        if self.latent:
+            deltas = {li: d.repeat(repeat, 1, 1) for li, d in self.latent.items()}
+            ctx = residual_perturbation(model, deltas, self.prompt_mask.repeat(repeat, 1), norms)
         with ctx:
             yield overrides
 

@@ -33,12 +33,12 @@ def sharded(accelerator) -> bool:
 def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep: int) -> Path:
     """Write ``folder/step-NNNNNN`` from the main process; prune to the newest ``keep``."""
     target = folder / f"step-{step:06d}"
-    rng = _gather_rng(accelerator)  # collective: every rank's generators, so a DDP resume is exact too
     if sharded(accelerator):
         accelerator.save_state(str(target))
         if accelerator.is_main_process:
             (target / "state.json").write_text(json.dumps({"step": step}))
         return target
+    rng = _gather_rng(accelerator)  # collective: every rank's generators, so a DDP resume is exact too
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         core = accelerator.unwrap_model(model)
@@ -54,7 +54,7 @@ def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / "rng.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
-        for old in sorted(checkpoints(folder))[:-keep] if keep > 0 else []:
+        for old in checkpoints(folder)[:-keep] if keep > 0 else []:
             shutil.rmtree(old[1], ignore_errors=True)
     accelerator.wait_for_everyone()
     return target
@@ -74,10 +74,11 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
     if sharded(accelerator):
         accelerator.load_state(str(path))
         return step
+    from safetensors.torch import load_file
+
     core = accelerator.unwrap_model(model)
     if hasattr(core, "peft_config"):
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
         result = set_peft_model_state_dict(core, weights, adapter_name=POLICY)
@@ -85,8 +86,6 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
         if unexpected:
             raise RuntimeError(f"{path}: adapter weights {unexpected[:3]} do not fit this model")
     else:
-        from safetensors.torch import load_file
-
         weights = load_file(str(path / "trainable.safetensors"))
         params = dict(core.named_parameters())
         unknown = sorted(set(weights) - set(params))

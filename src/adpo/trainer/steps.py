@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.collate import double_images, halves, image_keys, is_text_key
+from ..data.collate import double_images, halves, image_keys
 from ..objectives.adversarial import at_loss
 from ..objectives.logps import sft_loss, token_logps
 from ..objectives.preference import dpo_loss, preference_metrics
-from ..threats.engine import AttackResult, dpo_margin, targeted_nll
-from ..threats.latent import residual_perturbation
+from ..threats.engine import AttackResult, dpo_margin, model_inputs, targeted_nll
 from .config import RunConfig
 
 
@@ -44,24 +43,20 @@ def attack(ctx: StepContext, batch: dict[str, torch.Tensor]) -> AttackResult:
         return ctx.run.threat().run(ctx.core, inputs, objective, codec=ctx.codec, generator=ctx.generator)
 
 
-def perturbed(model: nn.Module, adv: AttackResult | None, rows: int):
-    """Install ``adv``'s latent hooks for a forward over ``rows`` rows (the B pairs, repeated if needed)."""
-    if adv is None or not adv.latent:
-        return nullcontext()
-    reps = rows // adv.prompt_mask.shape[0]
-    deltas = {li: d.repeat(reps, 1, 1) for li, d in adv.latent.items()}
-    return residual_perturbation(model, deltas, adv.prompt_mask.repeat(reps, 1))
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, autocast,
+            pairs: bool) -> torch.Tensor:
+    """Logits of ``batch`` perturbed by ``adv``; ``pairs``: a [chosen; rejected] batch on B shared images."""
+    applied = adv.applied(model, repeat=2 if pairs else 1) if adv is not None else nullcontext({})
+    with applied as overrides, autocast():
+        images = image_keys(batch)
+        images.update({k: v.to(images[k].dtype) for k, v in overrides.items()})
+        return model(**{**model_inputs(batch), **(double_images(images) if pairs else images)}).logits
 
 
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, average: bool,
                autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(chosen logps, rejected logps, logits) of one [chosen; rejected] forward, perturbed by ``adv``."""
-    images = image_keys(batch)
-    if adv is not None and adv.pixel_values is not None:
-        images = {**images, "pixel_values": adv.pixel_values.to(images["pixel_values"].dtype)}
-    kwargs = {k: v for k, v in batch.items() if is_text_key(batch, k) and k not in ("labels", "prompt_mask")}
-    with perturbed(model, adv, batch["input_ids"].shape[0]), autocast():
-        logits = model(**kwargs, **double_images(images)).logits
+    logits = _logits(model, batch, adv, autocast, pairs=True)
     lp, mask = token_logps(logits, batch["labels"])
     seq = lp.sum(-1) / (mask.sum(-1).clamp_min(1) if average else 1)
     n = seq.shape[0] // 2
@@ -69,13 +64,7 @@ def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResu
 
 
 def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, autocast) -> torch.Tensor:
-    images = image_keys(batch)
-    if adv is not None and adv.pixel_values is not None:
-        images = {**images, "pixel_values": adv.pixel_values.to(images["pixel_values"].dtype)}
-    kwargs = {k: v for k, v in batch.items() if is_text_key(batch, k) and k not in ("labels", "prompt_mask")}
-    with perturbed(model, adv, batch["input_ids"].shape[0]), autocast():
-        logits = model(**kwargs, **images).logits
-    return sft_loss(logits, batch["labels"])
+    return sft_loss(_logits(model, batch, adv, autocast, pairs=False), batch["labels"])
 
 
 def adversary_metrics(adv: AttackResult) -> dict[str, float]:

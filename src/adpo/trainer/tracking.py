@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import atomic_text
+
 
 class MetricsLog:
     """Appends to ``path``; ``truncate(step)`` drops lines after a resumed checkpoint (atomically)."""
@@ -33,10 +35,7 @@ class MetricsLog:
                     keep.append(line)
             except (json.JSONDecodeError, KeyError):  # a line half-written by the killed run
                 continue
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        atomic_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
