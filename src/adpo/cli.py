@@ -1,4 +1,4 @@
-"""Command line: ``adpo organism pretrain|export``, ``adpo train`` and ``adpo demo``.
+"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval`` and ``adpo demo``.
 
 Every command prints its resolved configuration first; options come from an optional YAML file
 (``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
@@ -103,6 +103,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.config import EvalConfig
+    from .eval.runner import ModelSpec, evaluate
+
+    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    if args.tasks:
+        raw["tasks"] = args.tasks
+    if args.judges:
+        raw["judges"] = args.judges
+    if args.data:
+        raw.setdefault("data", {})["harmful"] = args.data
+    cfg = EvalConfig.from_dict(raw)
+    if args.compare and args.adapter:
+        raise ConfigError("use either --adapter (one model) or --compare LABEL=PATH … (several), not both")
+    specs = [ModelSpec(Path(args.adapter or args.model).name, args.model, args.adapter)]
+    if args.compare:
+        specs = []
+        for item in args.compare:
+            label, sep, path = item.partition("=")
+            if not sep or not label:
+                raise ConfigError(f"--compare {item!r}: expected LABEL=PATH (PATH: adapter, run folder, or 'base')")
+            specs.append(ModelSpec(label, args.model, None if path in ("", "base") else path))
+    print("# adpo eval: resolved configuration")
+    print(yaml.safe_dump({"models": [vars(s) for s in specs], **cfg.to_dict()}, sort_keys=False).rstrip())
+    evaluate(specs, cfg, Path(args.out), progress=not args.no_progress, machine=_machine())
+    return 0
+
+
 def _machine() -> str:
     import platform
 
@@ -153,6 +181,21 @@ def make_parser() -> argparse.ArgumentParser:
     organism_opts(sp)
     sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("eval", help="jailbreak attacks, judges, utility and over-refusal; results.json + report")
+    sp.add_argument("--model", required=True, help="model folder (the base when --adapter/--compare are used)")
+    sp.add_argument("--adapter", default=None, help="peft adapter or adpo run folder to evaluate on --model")
+    sp.add_argument("--compare", nargs="+", default=None, metavar="LABEL=PATH",
+                    help="several models side by side: adapters / run folders on --model, or 'base'")
+    sp.add_argument("--tasks", default=None, help="comma list: clean,pgd-image,universal-image,latent,figstep,"
+                                                   "utility,over-refusal")
+    sp.add_argument("--judges", default=None, help="comma list: organism,gcg13,llm_attacks29,llm")
+    sp.add_argument("--data", default=None, help="harmful behaviours (preference pairs; target = rejected)")
+    sp.add_argument("--out", required=True, help="run folder (resumes from the samples already there)")
+    sp.add_argument("--config", default=None, help="YAML with top-level options and task sections")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pgd_image.steps=200 limit=32")
+    sp.set_defaults(func=cmd_eval)
 
     from .trainer.config import METHODS
 

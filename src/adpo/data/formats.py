@@ -16,6 +16,7 @@ Every problem is reported as ``file: row N: field 'f': what is wrong`` before tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class PairRow:
     rejected: str
     source: str  # "file: row N", for error messages downstream
     formatted: bool = False
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)  # behaviour id, category, … (evaluation)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class SFTRow:
     response: str
     source: str
     formatted: bool = False
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)
 
 
 # ---- reading files ---------------------------------------------------------------------------------
@@ -108,10 +111,21 @@ def load_rows(source: str | Path, kind: Kind, split: str = "train", name: str | 
     for where, rec in read_records(source, split, name):
         if not isinstance(rec, dict):
             raise DataError(f"{where}: a row must be a JSON object, got {type(rec).__name__}")
-        rows.extend(pair_rows(rec, where, root) if kind == "pairs" else sft_rows(rec, where, root))
+        made = pair_rows(rec, where, root) if kind == "pairs" else sft_rows(rec, where, root)
+        rows.extend(dataclasses.replace(r, meta=row_meta(rec)) for r in made)
     if not rows:
         raise DataError(f"{source}: no {kind} rows")
     return rows
+
+
+META_KEYS = ("behavior_id", "BehaviorID", "category", "category_name", "id", "index")
+
+
+def row_meta(rec: dict) -> dict:
+    """Evaluation metadata of a record: its ``meta`` object plus the id/category columns peers use."""
+    meta = dict(rec["meta"]) if isinstance(rec.get("meta"), dict) else {}
+    meta.update({k: rec[k] for k in META_KEYS if k in rec and isinstance(rec[k], (str, int))})
+    return meta
 
 
 # ---- one record -> rows ----------------------------------------------------------------------------

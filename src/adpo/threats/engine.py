@@ -147,6 +147,7 @@ class AttackResult:
     latent: dict[int, torch.Tensor] | None = None  # layer -> (B, Tp, H)
     prompt_mask: torch.Tensor | None = None  # (B, Tp)
     norms: dict[str, Any] = field(default_factory=dict)
+    delta: torch.Tensor | None = None  # (1, C, H, W): the shared perturbation of a universal attack
 
     @contextmanager
     def applied(self, model: nn.Module, norms: dict[int, torch.Tensor] | None = None, repeat: int = 1) -> Iterator[
@@ -206,8 +207,14 @@ def _hidden_size(model: nn.Module) -> int:
 
 def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *, steps: int,
              image: ImagePGD | None = None, latent: LatentPGD | None = None, codec: Any = None,
-             generator: torch.Generator | None = None) -> AttackResult:
-    """The shared PGD loop over an image perturbation, latent perturbations, or both."""
+             generator: torch.Generator | None = None, on_step: Callable[[int, AttackResult], None] | None = None,
+             every: int = 0) -> AttackResult:
+    """The shared PGD loop over an image perturbation, latent perturbations, or both.
+
+    ``on_step(i, snapshot)`` is called with the iterate after ``i`` steps for every ``i`` divisible by
+    ``every`` (when > 0) and for the last one: the evaluation generates from these checkpoints, so a
+    longer run with the same seed sees every checkpoint a shorter one saw (its ASR cannot be lower).
+    """
     codec_kw = {k: inputs[k] for k in ("image_grid_thw",) if k in inputs}
     with attack_mode(model):
         x0 = x = None
@@ -259,6 +266,13 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
             ctx = residual_perturbation(model, deltas, mask) if deltas else nullcontext()
             with ctx:
                 loss = objective(model, overrides)
+            if on_step is not None and (i == steps or (every > 0 and i % every == 0)):
+                snap = AttackResult(loss=loss.detach(), settings={}, prompt_mask=mask,
+                                    latent={li: d.detach() for li, d in deltas.items()} or None)
+                if x is not None:
+                    snap.x_adv = image_of(x.detach())
+                    snap.pixel_values = overrides["pixel_values"].detach()
+                on_step(i, snap)
             if keep_best:
                 with torch.no_grad():
                     cur = loss.detach()
@@ -299,6 +313,8 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                 "latent": latent.to_dict() if latent else None}
     result = AttackResult(loss=final_loss, settings=settings, prompt_mask=mask)
     if x is not None:
+        if universal:
+            result.delta = x.detach()
         x = image_of(x.detach())
         d = (x - x0).flatten(1)
         result.x_adv = x

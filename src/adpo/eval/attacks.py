@@ -1,0 +1,190 @@
+"""Run the threats engine as the evaluation's attacker: batched, adaptive, with checkpoints and restarts.
+
+The attacker is white-box against the model being evaluated and targets the behaviour's compliance
+string (``-log p(target)``, HarmBench/Qi style). Every ``check_every`` steps (and at the last) it generates
+greedily from the current iterate and asks the primary judge; a behaviour counts as jailbroken at the
+first checkpoint that succeeds, and later restarts (fresh random starts) only attack behaviours that are
+not jailbroken yet. The response, the attacked image's hash and the margin
+``log p(refusal) - log p(target)`` are taken at the recorded checkpoint.
+
+Latent attacks perturb prompt positions of a right-padded batch; generation left-pads, so the
+perturbation is moved to the same tokens (:func:`left_align`) before generating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data.collate import collate, image_keys
+from ..models.generation import decode, prompt_batch
+from ..objectives.logps import sequence_logps
+from ..threats.engine import AttackResult, LatentPGD, model_inputs, optimise, targeted_nll
+from ..threats.image import ImagePGD
+from ..threats.latent import residual_perturbation
+from .data import Row, image_sha256, tensor_sha256
+from .judges import Judge
+
+
+@dataclass
+class Target:
+    """The model under evaluation and how to talk to it."""
+
+    model: Any
+    processor: Any
+    codec: Any
+    primary: Judge  # decides success at checkpoints
+    max_new_tokens: int = 32
+    check_every: int = 10
+    restarts: int = 1
+
+    @property
+    def gen_kwargs(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+
+
+@dataclass
+class Outcome:
+    response: str
+    image_sha256: str
+    margin: float
+    loss: float
+    step: int | None = None  # first successful checkpoint (None: never jailbroken)
+    restart: int = 0
+    norms: dict[str, float] = field(default_factory=dict)
+
+
+def left_align(t: torch.Tensor, lengths: Sequence[int], width: int) -> torch.Tensor:
+    """Move each row's first ``lengths[i]`` positions to the end of a ``width``-wide row (left padding)."""
+    out = t.new_zeros((t.shape[0], width, *t.shape[2:]))
+    for i, n in enumerate(lengths):
+        out[i, width - n:] = t[i, :n]
+    return out
+
+
+@dataclass
+class _Batch:
+    """One batch of rows, encoded three ways: attack (target labels), refusal labels, generation prompts."""
+
+    rows: list[Row]
+    images: list[Image.Image]
+    prompts: list[str]
+    target: dict[str, torch.Tensor]
+    refusal: dict[str, torch.Tensor]
+    enc: dict[str, torch.Tensor]
+
+    @classmethod
+    def build(cls, processor, rows: list[Row], images: list[Image.Image], prompts: list[str]) -> _Batch:
+        target = collate(processor, images, prompts, [r.target or r.answer or "." for r in rows])
+        refusal = collate(processor, images, prompts, [r.refusal or "." for r in rows])
+        return cls(rows, images, prompts, target, refusal, prompt_batch(processor, images, prompts))
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {**image_keys(self.target), "prompt_mask": self.target["prompt_mask"],
+                "attention_mask": self.target["attention_mask"]}
+
+
+def _generate(t: Target, b: _Batch, snap: AttackResult | None) -> list[str]:
+    enc = dict(b.enc)
+    ctx = nullcontext()
+    if snap is not None and snap.pixel_values is not None:
+        enc["pixel_values"] = snap.pixel_values.to(enc["pixel_values"].dtype)
+    if snap is not None and snap.latent:
+        mask = snap.prompt_mask
+        lengths = [int(n) for n in mask.sum(1)]
+        width = enc["input_ids"].shape[1]
+        deltas = {li: left_align(d, lengths, width) for li, d in snap.latent.items()}
+        ctx = residual_perturbation(t.model, deltas, left_align(mask, lengths, width))
+    with ctx:
+        return decode(t.model, t.processor, enc, max_new_tokens=t.max_new_tokens)
+
+
+@torch.no_grad()
+def _margin(t: Target, b: _Batch, snap: AttackResult | None) -> torch.Tensor:
+    """log p(refusal) - log p(target) per row under the snapshot's perturbation (fp32 sums)."""
+    out = []
+    for batch in (b.refusal, b.target):
+        if snap is None:
+            logits = t.model(**model_inputs(batch)).logits
+        else:
+            with snap.applied(t.model) as overrides:
+                logits = t.model(**{**model_inputs(batch), **overrides}).logits
+        out.append(sequence_logps(logits, batch["labels"]))
+    return (out[0] - out[1]).float().cpu()
+
+
+def _hashes(b: _Batch, snap: AttackResult | None) -> list[str]:
+    if snap is not None and snap.x_adv is not None:
+        return [tensor_sha256(x) for x in snap.x_adv]
+    return [image_sha256(im) for im in b.images]
+
+
+def respond(t: Target, rows: list[Row], images: list[Image.Image], prompts: list[str],
+            snap_of: Any = None) -> list[Outcome]:
+    """No search: generate once (clean, black-box or a fixed perturbation ``snap_of(batch) -> AttackResult``)."""
+    b = _Batch.build(t.processor, rows, images, prompts)
+    snap = snap_of(b) if snap_of is not None else None
+    texts, margins, hashes = _generate(t, b, snap), _margin(t, b, snap), _hashes(b, snap)
+    return [Outcome(x, h, float(m), float("nan")) for x, h, m in zip(texts, hashes, margins)]
+
+
+def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
+           image: ImagePGD | None = None, latent: LatentPGD | None = None) -> list[Outcome]:
+    """White-box attack on one batch toward each row's target; see the module docstring for the protocol."""
+    steps = image.steps if image is not None else latent.steps
+    done: dict[int, Outcome] = {}
+    last: dict[int, Outcome] = {}
+    for restart in range(t.restarts):
+        idx = [i for i in range(len(rows)) if i not in done]
+        if not idx:
+            break
+        b = _Batch.build(t.processor, [rows[i] for i in idx], [images[i] for i in idx], [rows[i].prompt for i in idx])
+
+        def on_step(step: int, snap: AttackResult, b: _Batch = b, idx: list[int] = idx, restart: int = restart) -> None:
+            texts = _generate(t, b, snap)
+            verdicts = t.primary([r.prompt for r in b.rows], texts, [r.meta for r in b.rows])
+            hit = [j for j, v in enumerate(verdicts) if v.label == "jailbroken" and idx[j] not in done]
+            if not hit and step != steps:
+                return
+            margins, hashes = _margin(t, b, snap), _hashes(b, snap)
+            for j, i in enumerate(idx):
+                if i in done:
+                    continue
+                o = Outcome(texts[j], hashes[j], float(margins[j]), float(snap.loss[j]), restart=restart)
+                if j in hit:
+                    o.step = step
+                    done[i] = o
+                elif step == steps:
+                    last[i] = o
+
+        g = torch.Generator().manual_seed(seed * 1000 + restart)
+        res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=steps, image=image, latent=latent,
+                       codec=t.codec, generator=g, on_step=on_step, every=t.check_every)
+        for j, i in enumerate(idx):
+            o = done.get(i) or last[i]
+            o.norms = {k: float(v[j]) if torch.is_tensor(v) else float(v) for k, v in res.norms.items()}
+    return [done.get(i) or last[i] for i in range(len(rows))]
+
+
+def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: ImagePGD, seed: int
+                    ) -> tuple[torch.Tensor, float]:
+    """One perturbation optimised over every training row at once (VisualAdv / ImgJP); (delta, mean loss)."""
+    b = _Batch.build(t.processor, rows, images, [r.prompt for r in rows])
+    res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=cfg.steps, image=cfg, codec=t.codec,
+                   generator=torch.Generator().manual_seed(seed))
+    return res.delta, float(res.loss.mean())
+
+
+def with_delta(t: Target, delta: torch.Tensor):
+    """``snap_of`` for :func:`respond`: the batch's own images plus a fixed ``delta``, clipped to [0, 1]."""
+    def snap_of(b: _Batch) -> AttackResult:
+        keys = {k: v for k, v in b.target.items() if k == "image_grid_thw"}
+        x = (t.codec.decode(b.target["pixel_values"].float(), **keys).clamp(0, 1) + delta).clamp(0, 1)
+        return AttackResult(loss=torch.zeros(len(b.rows)), settings={}, x_adv=x,
+                            pixel_values=t.codec.encode(x, **keys))
+    return snap_of

@@ -1,0 +1,173 @@
+"""``adpo eval``: run the tasks on one model (or several, side by side) and write the run folder.
+
+One model: ``RUN/samples_<task>.jsonl``, ``RUN/results.json``, ``RUN/jailbreakbench/<subtask>.json``,
+``RUN/report.md``, ``RUN/asr_vs_budget.png``. Several models (comparison mode): the same per model under
+``RUN/<label>/`` and one ``RUN/report.md`` + plot comparing them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils.config import ConfigError
+from ..utils.io import ensure_writable_dir, write_json
+from .attacks import Target
+from .config import EvalConfig
+from .judges import make_judges
+from .report import write_report
+from .results import jbb_artifact, results_json
+from .store import SampleStore, config_hash
+from .tasks import Data, Subtask, organism_defaults, subtasks
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    label: str
+    model: str  # base model folder
+    adapter: str | None = None  # peft adapter, adpo run folder, or full model folder replacing ``model``
+
+
+def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
+    """The model (eval mode, LoRA merged for speed) and its processor."""
+    from ..models.adapters import is_adapter, load_base, resolve_run
+
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if spec.adapter is None:
+        model, processor = load_base(spec.model, torch_dtype)
+        return model.eval(), processor
+    path = resolve_run(spec.adapter)
+    if not is_adapter(path):
+        model, processor = load_base(path, torch_dtype)
+        return model.eval(), processor
+    from peft import PeftModel
+
+    base, processor = load_base(spec.model, torch_dtype)
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), processor
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("adpo", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def default_judges(data: Data) -> tuple[str, ...]:
+    """The organism's exact judge first when the behaviours carry intents, then the two string lists."""
+    try:
+        organism = all("intent" in r.meta for r in data.harmful[:8])
+    except ConfigError:
+        organism = False
+    return (("organism",) if organism else ()) + ("gcg13", "llm_attacks29")
+
+
+def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | None = None, machine: str = "",
+                   progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate one model into ``out``; resumes from the samples already there."""
+    from tqdm.auto import tqdm
+
+    from ..threats.codecs import codec_for
+
+    out = ensure_writable_dir(out)
+    identity = {"model": str(spec.model), "adapter": None if spec.adapter is None else str(spec.adapter)}
+    marker = out / "eval_model.json"
+    if marker.exists() and json.loads(marker.read_text()) != identity:
+        raise ConfigError(f"{out} holds an evaluation of {marker.read_text().strip()}; use another --out")
+    write_json(marker, identity)
+    data = data or Data(cfg, organism_defaults(spec.model, out))
+    judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
+    status = {j.name: j.status for j in judges}
+    for name, st in status.items():
+        if st != "ok":
+            log(f"judge {name}: {st} (its metrics will be null)")
+    primary = next((j for j in judges if j.status == "ok"), judges[0])
+    t0 = time.time()
+    model, processor = load_model(spec, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
+                    cfg.restarts)
+    subs = subtasks(cfg, data)
+    stores: dict[str, SampleStore] = {}
+    current: dict[str, list[dict]] = {}
+    for sub in subs:
+        store = stores.setdefault(sub.task, SampleStore(out / f"samples_{sub.task}.jsonl"))
+        chash = config_hash({"params": sub.params, "seed": cfg.seed, "judges": list(status),
+                             "gen": target.gen_kwargs, "kind": sub.kind})
+        pending = [r for r in sub.rows if not store.done(sub.name, r.doc_id, chash)]
+        bar = tqdm(total=len(sub.rows), initial=len(sub.rows) - len(pending), desc=f"{spec.label}: {sub.name}",
+                   disable=not progress, leave=False)
+        for s in range(0, len(pending), cfg.batch_size):
+            chunk = pending[s: s + cfg.batch_size]
+            store.append(_records(sub, chunk, sub.run(target, chunk), judges, target, cfg.seed, chash))
+            bar.update(len(chunk))
+        bar.close()
+        current[sub.name] = store.current(sub.name, chash)
+    seconds = time.time() - t0
+    res = results_json(spec.label, subs, current, status,
+                       {**identity, "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,
+                       _versions())
+    write_json(out / "results.json", res)
+    jbb = ensure_writable_dir(out / "jailbreakbench")
+    for sub in subs:
+        if sub.kind == "harmful":
+            write_json(jbb / f"{_safe(sub.name)}.json", jbb_artifact(spec.label, sub, current[sub.name],
+                                                                     primary.name, res["date"]))
+    log(f"{spec.label}: {len(subs)} subtasks in {seconds:.0f}s -> {out / 'results.json'}")
+    return res
+
+
+def _records(sub: Subtask, rows: list, outcomes: list, judges: list, target: Target, seed: int,
+             chash: str) -> list[dict]:
+    behaviours = [r.behavior or r.prompt for r in rows]
+    responses = [o.response for o in outcomes]
+    verdicts = ({} if sub.kind == "utility" else  # utility is scored against its answer, not judged
+                {j.name: j(behaviours, responses, [r.meta for r in rows]) for j in judges})
+    recs = []
+    for i, (r, o) in enumerate(zip(rows, outcomes)):
+        rec = {"task": sub.task, "subtask": sub.name, "doc_id": r.doc_id, "behavior_id": r.behavior_id,
+               "behavior": behaviours[i], "category": r.category, "prompt": r.prompt, "source": r.source,
+               "image_sha256": o.image_sha256, "response": o.response,
+               "attack": {"name": sub.name, "type": sub.attack_type, "params": sub.params, "seed": seed},
+               "judges": {n: v[i].to_dict() for n, v in verdicts.items()}, "gen_kwargs": target.gen_kwargs,
+               "config_hash": chash}
+        if sub.kind == "harmful":
+            rec.update(target=r.target, margin=o.margin if r.target else None, attack_loss=o.loss,
+                       success_step=o.step, restart=o.restart, norms=o.norms)
+        elif sub.kind == "utility":
+            rec.update(answer=r.answer, score=float(sub.extra["scorer"](o.response, r.answer)))
+        recs.append(rec)
+    return recs
+
+
+def evaluate(specs: list[ModelSpec], cfg: EvalConfig, out: Path, *, progress: bool = True, machine: str = "",
+             log: Callable[[str], None] = print) -> dict[str, dict]:
+    """Every model in ``specs`` (one: at ``out``; several: under ``out/<label>``) and the report."""
+    out = ensure_writable_dir(Path(out))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"model labels must be unique, got {labels}")
+    data = Data(cfg, organism_defaults(specs[0].model, out))
+    results = {}
+    for spec in specs:
+        where = out if len(specs) == 1 else out / _safe(spec.label)
+        results[spec.label] = evaluate_model(spec, cfg, where, data=data, machine=machine, progress=progress, log=log)
+    paths = write_report(out, results)
+    log(f"wrote {paths['report']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
+    return results

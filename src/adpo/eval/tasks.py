@@ -1,0 +1,241 @@
+"""The evaluation tasks: each expands into subtasks (one per budget or image source), run batch by batch.
+
+A task is a function ``(config, data) -> [Subtask]`` registered under its name; a subtask knows its rows
+and how to produce one :class:`~adpo.eval.attacks.Outcome` per row for a batch. Subtask names are what
+results.json, the report and ``adpo demo`` use: ``clean``, ``pgd-image@16/255``, ``pgd-image@inf``,
+``pgd-blank``, ``pgd-noise``, ``universal-image@16/255``, ``universal-blank``, ``latent@0.25``,
+``figstep``, ``utility``, ``over-refusal``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..threats.engine import LatentPGD
+from ..threats.image import ImagePGD
+from ..utils.config import ConfigError
+from . import figstep
+from .attacks import Outcome, Target, attack, respond, universal_delta, with_delta
+from .config import EvalConfig, eps_label, parse_eps
+from .data import Row, load_benign, load_harmful, source_image
+from .store import config_hash
+
+RunBatch = Callable[[Target, list[Row]], list[Outcome]]
+
+
+@dataclass
+class Subtask:
+    task: str
+    name: str
+    kind: str  # "harmful" | "utility" | "over-refusal"
+    attack_type: str  # JailbreakBench's: white_box | black_box | none
+    params: dict
+    rows: list[Row]
+    run: RunBatch
+    budget: float | None = None  # the x-axis of ASR-vs-budget plots
+    extra: dict = field(default_factory=dict)
+
+
+class Data:
+    """The evaluation's rows, loaded on first use; errors name the missing option."""
+
+    def __init__(self, cfg: EvalConfig, defaults: dict[str, str] | None = None):
+        self.cfg, self.defaults = cfg, defaults or {}
+
+    def path(self, key: str) -> str:
+        value = getattr(self.cfg.data, key) or self.defaults.get(key)
+        if not value:
+            raise ConfigError(f"this task needs data.{key}=<file> (a {key} dataset); only the organism has defaults")
+        return value
+
+    @functools.cached_property
+    def harmful(self) -> list[Row]:
+        return load_harmful(self.path("harmful"), self.cfg.limit)
+
+    @functools.cached_property
+    def utility(self) -> list[Row]:
+        return load_benign(self.path("utility"), self.cfg.limit)
+
+    @functools.cached_property
+    def benign(self) -> list[Row]:
+        return load_benign(self.path("benign"), self.cfg.limit)
+
+    @functools.cached_property
+    def universal_train(self) -> list[Row]:
+        rows = load_harmful(self.path("universal_train"), self.cfg.universal_image.train_n)
+        held = {r.behavior_id for r in self.harmful}
+        return [r for r in rows if r.behavior_id not in held] or rows
+
+    @functools.cached_property
+    def figstep(self) -> list[Row]:
+        fs = self.cfg.figstep
+        src = self.cfg.data.figstep
+        items = (figstep.load_instructions(src)[: self.cfg.limit] if src else
+                 [{"instruction": r.prompt, "question": r.prompt, "category": r.category, "row": r}
+                  for r in self.harmful])
+        out = []
+        for i, it in enumerate(items):
+            base = it.get("row")
+            img = figstep.render(it["instruction"], size=fs.size, font_size=fs.font_size, font_path=fs.font)
+            out.append(Row(i, fs.prompt, img, base.behavior_id if base else f"row{i}", it["category"],
+                           target=base.target if base else "", refusal=base.refusal if base else "",
+                           behavior=it["question"], source=base.source if base else str(src),
+                           meta=base.meta if base else it["meta"]))
+        return out
+
+
+TASKS: dict[str, Callable[[EvalConfig, Data], list[Subtask]]] = {}
+
+
+def task(name: str):
+    def register(fn):
+        TASKS[name] = fn
+        return fn
+    return register
+
+
+def _plain(prompts_of: Callable[[Row], str] = lambda r: r.prompt) -> RunBatch:
+    return lambda t, rows: respond(t, rows, [r.image for r in rows], [prompts_of(r) for r in rows])
+
+
+@task("clean")
+def clean(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    return [Subtask("clean", "clean", "harmful", "none", {}, data.harmful, _plain(), budget=0.0)]
+
+
+def _pgd(cfg: EvalConfig, source: str, eps: float, steps: int) -> tuple[ImagePGD, RunBatch]:
+    pgd = ImagePGD(eps=min(eps, 1.0), step_size=cfg.pgd_image.step_size(eps), steps=steps,
+                   random_start=cfg.pgd_image.random_start, norm="linf")
+
+    def run(t: Target, rows: list[Row]) -> list[Outcome]:
+        return attack(t, rows, [source_image(r, source, cfg.seed) for r in rows], seed=cfg.seed, image=pgd)
+    return pgd, run
+
+
+@task("pgd-image")
+def pgd_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    c = cfg.pgd_image
+    plan = [("given", parse_eps(e), c.steps, f"pgd-image@{eps_label(parse_eps(e))}") for e in c.eps]
+    plan += [(s, float("inf"), c.blank_steps, f"pgd-{s}") for s in ("blank", "noise") if getattr(c, s)]
+    out = []
+    for source, eps, steps, name in plan:
+        pgd, run = _pgd(cfg, source, eps, steps)
+        params = {"source": source, **pgd.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts,
+                  "objective": "target_nll"}
+        out.append(Subtask("pgd-image", name, "harmful", "white_box", params, data.harmful, run,
+                           budget=eps if source == "given" else None))
+    return out
+
+
+@task("universal-image")
+def universal_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    c = cfg.universal_image
+    plan = [("given", parse_eps(e), f"universal-image@{eps_label(parse_eps(e))}") for e in c.eps]
+    plan += [("blank", float("inf"), "universal-blank")] if c.blank else []
+    out = []
+    for source, eps, name in plan:
+        pgd = ImagePGD(eps=min(eps, 1.0), step_size=c.step_size, steps=c.steps, random_start=True, universal=True)
+        cache: dict[int, tuple[torch.Tensor, float]] = {}
+
+        def run(t: Target, rows: list[Row], pgd: ImagePGD = pgd, source: str = source,
+                cache: dict = cache) -> list[Outcome]:
+            if id(t) not in cache:  # one image per model, optimised on the training behaviours only
+                train = data.universal_train
+                cache[id(t)] = universal_delta(t, train, [source_image(r, source, cfg.seed) for r in train], pgd,
+                                               cfg.seed)
+            delta, train_loss = cache[id(t)]
+            outs = respond(t, rows, [source_image(r, source, cfg.seed) for r in rows], [r.prompt for r in rows],
+                           snap_of=with_delta(t, delta))
+            for o in outs:
+                o.loss = train_loss
+            return outs
+        params = {"source": source, **pgd.to_dict(), "train_n": len(data.universal_train),
+                  "train_data": data.path("universal_train"), "objective": "target_nll"}
+        out.append(Subtask("universal-image", name, "harmful", "white_box", params, data.harmful, run,
+                           budget=eps if source == "given" else None))
+    return out
+
+
+@task("latent")
+def latent(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    c = cfg.latent
+    out = []
+    for eps in c.eps:
+        lat = LatentPGD(eps=float(eps), step_size=c.step_size, steps=c.steps, layers=tuple(c.layers),
+                        optimizer=c.optimizer, relative=True)
+
+        def run(t: Target, rows: list[Row], lat: LatentPGD = lat) -> list[Outcome]:
+            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, latent=lat)
+        params = {**lat.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts, "objective": "target_nll"}
+        out.append(Subtask("latent", f"latent@{float(eps):g}", "harmful", "white_box", params, data.harmful, run,
+                           budget=float(eps)))
+    return out
+
+
+@task("figstep")
+def figstep_task(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    fs = cfg.figstep
+    params = {"prompt": fs.prompt, "size": fs.size, "font_size": fs.font_size,
+              "font": figstep.font(fs.font_size, fs.font)[1], "data": cfg.data.figstep or "harmful prompts"}
+    return [Subtask("figstep", "figstep", "harmful", "black_box", params, data.figstep, _plain())]
+
+
+@task("utility")
+def utility(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    return [Subtask("utility", "utility", "utility", "none", {"scorer": cfg.utility.scorer}, data.utility, _plain(),
+                    extra={"scorer": scorer(cfg.utility.scorer)})]
+
+
+@task("over-refusal")
+def over_refusal(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    return [Subtask("over-refusal", "over-refusal", "over-refusal", "none", {}, data.benign, _plain())]
+
+
+def exact(response: str, answer: str) -> bool:
+    """Case- and whitespace-insensitive exact match; a trailing full stop is optional (the organism's rule)."""
+    def norm(s: str) -> str:
+        return " ".join(s.strip().lower().split()).rstrip(".")
+    return norm(response) == norm(answer)
+
+
+def scorer(spec: str) -> Callable[[str, str], float]:
+    """``exact`` or ``module:function`` (importable; called as ``fn(response, answer)``)."""
+    if spec == "exact":
+        return exact
+    if ":" not in spec:
+        raise ConfigError(f"utility.scorer {spec!r}: use 'exact' or 'module:function'")
+    mod, fn = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"utility.scorer {spec!r}: cannot import ({e})") from e
+
+
+def subtasks(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    return [s for name in cfg.tasks for s in TASKS[name](cfg, data)]
+
+
+def organism_defaults(model_dir: str | Path, out: Path) -> dict[str, str] | None:
+    """For an organism model: export its held-out evaluation files once (cached under ``out``)."""
+    from ..organism.export import ExportConfig, export
+    from ..organism.pretrain import MARKER
+    from ..organism.world import WorldConfig
+
+    marker = Path(model_dir) / MARKER
+    if not marker.is_file():
+        return None
+    import json
+
+    world = WorldConfig.from_dict(json.loads(marker.read_text())["world"])
+    folder = out / f"organism-data-{config_hash(world.to_dict())}"
+    if not (folder / "README.md").is_file():
+        export(folder, world, ExportConfig(n_pairs=128, n_sft=8, n_eval=128))
+    return {"harmful": str(folder / "harmful_test.jsonl"), "utility": str(folder / "utility_test.jsonl"),
+            "benign": str(folder / "benign_lookalike_test.jsonl"),
+            "universal_train": str(folder / "preference_train.jsonl")}
