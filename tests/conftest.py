@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny untrained organism (real LLaVA classes) built offline in about a second."""
+"""Shared fixtures: a tiny untrained organism (real LLaVA classes) built offline in about a second, saved to
+disk, and a small export of its world (what `adpo train` and `adpo eval` read)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ def tiny_model(processor, tiny_cfg):
     from adpo.organism.build import build_model
 
     return build_model(processor, 32, tiny_cfg, seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, processor, tiny_cfg):
+    from adpo.organism.build import build_model
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    build_model(processor, 32, tiny_cfg, seed=0).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    from adpo.organism.export import ExportConfig, export
+
+    path = tmp_path_factory.mktemp("export") / "data"
+    export(path, cfg=ExportConfig(n_pairs=32, n_sft=32, n_eval=8))
+    return path

@@ -17,13 +17,13 @@ import yaml
 from .utils.config import ConfigError, apply_overrides, build, load_yaml
 
 
-def _organism_configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+def _organism_configs(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
     from .organism.build import ModelConfig
     from .organism.pretrain import PretrainConfig
     from .organism.world import WorldConfig
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
-    unknown = sorted(set(raw) - {"world", "model", "pretrain"})
+    unknown = sorted(set(raw) - {"world", "model", "pretrain", *extra})
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; known: ['model', 'pretrain', 'world']")
     if args.seed is not None:
@@ -61,22 +61,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
     from .organism.pretrain import pretrain
-    from .utils.io import ensure_writable_dir, write_json
 
-    world, model, train = _organism_configs(args)
-    out = ensure_writable_dir(Path(args.out))
+    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    demo = DemoConfig.from_dict(raw)
+    world, model, train = _organism_configs(args, extra=("train", "eval", "arms", "n_pairs", "n_sft"))
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
     _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
-    print("stage 1/1: pre-train (or reuse) the unaligned organism; the alignment arms and attacks "
-          "join this demo with the training and evaluation issues")
-    metrics = pretrain(out / "organism", world, model, train, force=args.force)
-    _print_metrics(metrics)
-    write_json(out / "summary.json", {"arms": {"base": {
-        "utility": metrics["utility_accuracy"], "over_refusal": metrics["over_refusal_rate"],
-        "asr": {"clean": metrics["compliance_rate_text_harm"]}}},
-        "seconds": {"pretrain": metrics["seconds"], "total": metrics["seconds"]},
-        "seeds": [train.seed], "machine": _machine()})
-    print(f"wrote {out / 'summary.json'}")
+    print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "train (every arm)": demo.train,
+                          "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
+    out = Path(args.out)
+
+    def base() -> dict[str, Any]:
+        metrics = pretrain(out / "organism", world, model, train, force=args.force)
+        _print_metrics(metrics)
+        return metrics
+    cmd = " ".join(["adpo demo", "--out", str(out), "--seeds", str(args.seeds)]
+                   + (["--config", args.config] if args.config else []) + list(args.overrides))
+    run_demo(out, out / "organism", base, demo, list(range(args.seeds)), _machine(), [cmd],
+             progress=not args.no_progress)
+    print(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
     return 0
 
 
@@ -180,6 +186,8 @@ def make_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job on the embedded default (the organism)")
     organism_opts(sp)
     sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
+    sp.add_argument("--seeds", type=int, default=1, help="repeat training and evaluation over seeds 0..N-1")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("eval", help="jailbreak attacks, judges, utility and over-refusal; results.json + report")

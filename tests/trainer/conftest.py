@@ -1,27 +1,8 @@
-"""A tiny untrained organism saved to disk and a small export of its world: what `adpo train` reads."""
+"""Run options for a few cheap training steps on the tiny organism (tests/conftest.py: tiny_dir, export_dir)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, processor, tiny_cfg):
-    from adpo.organism.build import build_model
-
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    build_model(processor, 32, tiny_cfg, seed=0).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    from adpo.organism.export import ExportConfig, export
-
-    path = tmp_path_factory.mktemp("export") / "data"
-    export(path, cfg=ExportConfig(n_pairs=32, n_sft=32, n_eval=8))
-    return path
 
 
 @pytest.fixture()

@@ -145,12 +145,13 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
             break
         b = _Batch.build(t.processor, [rows[i] for i in idx], [images[i] for i in idx], [rows[i].prompt for i in idx])
 
-        def on_step(step: int, snap: AttackResult, b: _Batch = b, idx: list[int] = idx, restart: int = restart) -> None:
+        def on_step(step: int, snap: AttackResult, b: _Batch = b, idx: list[int] = idx, restart: int = restart
+                    ) -> bool:
             texts = _generate(t, b, snap)
-            verdicts = t.primary([r.prompt for r in b.rows], texts, [r.meta for r in b.rows])
+            verdicts = t.primary([r.behavior or r.prompt for r in b.rows], texts, [r.meta for r in b.rows])
             hit = [j for j, v in enumerate(verdicts) if v.label == "jailbroken" and idx[j] not in done]
             if not hit and step != steps:
-                return
+                return False
             margins, hashes = _margin(t, b, snap), _hashes(b, snap)
             for j, i in enumerate(idx):
                 if i in done:
@@ -161,12 +162,13 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
                     done[i] = o
                 elif step == steps:
                     last[i] = o
+            return all(i in done for i in idx)  # nothing left to attack in this batch
 
         g = torch.Generator().manual_seed(seed * 1000 + restart)
         res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=steps, image=image, latent=latent,
                        codec=t.codec, generator=g, on_step=on_step, every=t.check_every)
         for j, i in enumerate(idx):
-            o = done.get(i) or last[i]
+            o = done.get(i) or last.get(i)
             o.norms = {k: float(v[j]) if torch.is_tensor(v) else float(v) for k, v in res.norms.items()}
     return [done.get(i) or last[i] for i in range(len(rows))]
 

@@ -207,13 +207,14 @@ def _hidden_size(model: nn.Module) -> int:
 
 def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *, steps: int,
              image: ImagePGD | None = None, latent: LatentPGD | None = None, codec: Any = None,
-             generator: torch.Generator | None = None, on_step: Callable[[int, AttackResult], None] | None = None,
+             generator: torch.Generator | None = None, on_step: Callable[[int, AttackResult], bool | None] | None = None,
              every: int = 0) -> AttackResult:
     """The shared PGD loop over an image perturbation, latent perturbations, or both.
 
     ``on_step(i, snapshot)`` is called with the iterate after ``i`` steps for every ``i`` divisible by
     ``every`` (when > 0) and for the last one: the evaluation generates from these checkpoints, so a
     longer run with the same seed sees every checkpoint a shorter one saw (its ASR cannot be lower).
+    A true return value stops the loop there (every sample already succeeded).
     """
     codec_kw = {k: inputs[k] for k in ("image_grid_thw",) if k in inputs}
     with attack_mode(model):
@@ -250,6 +251,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                     d = torch.randn(shape, generator=generator).to(device) * eps_lat[li] / shape[-1] ** 0.5
                 deltas[li] = project_tokens(d, eps_lat[li])
         adam = None
+        stop = False
         if latent is not None and latent.optimizer == "adam":
             leaves = [d.requires_grad_(True) for d in deltas.values()]
             adam = torch.optim.Adam(leaves, lr=latent.step_size)
@@ -272,7 +274,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                 if x is not None:
                     snap.x_adv = image_of(x.detach())
                     snap.pixel_values = overrides["pixel_values"].detach()
-                on_step(i, snap)
+                stop = on_step(i, snap)
             if keep_best:
                 with torch.no_grad():
                     cur = loss.detach()
@@ -284,7 +286,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                     best_x[better] = x.detach()[better]
                     for li, d in deltas.items():
                         best_d[li][better] = d.detach()[better]
-            if i == steps:
+            if i == steps or stop:
                 break
             leaves = ([x] if x is not None else []) + list(deltas.values())
             grads = torch.autograd.grad(loss.sum(), leaves)

@@ -1,0 +1,59 @@
+"""``adpo demo``: pre-train → train the six arms → attack and evaluate them → report (see pipeline.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..utils.io import ensure_writable_dir, write_json
+from . import report
+from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, run_seed
+
+__all__ = ["ARMS", "DemoConfig", "run_demo"]
+
+
+def run_demo(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any]], cfg: DemoConfig,
+             seeds: list[int], machine: str, commands: list[str], progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every stage and write ``out/summary.json`` and ``out/report.md`` (+ plots); returns the summary."""
+    from ..organism.export import ExportConfig, export
+    from ..organism.pretrain import load_organism
+
+    out = ensure_writable_dir(out)
+    t_all = time.time()
+    seconds: dict[str, float] = {}
+    log("stage 1/4: pre-train (or reuse) the unaligned organism")
+    t0 = time.time()
+    metrics = pretrain()
+    seconds["pretrain"] = time.time() - t0
+    organism = organism_out / "model"
+    log("stage 2/4: export the alignment data (harmful pairs without the trigger, utility SFT rows)")
+    t0 = time.time()
+    data = out / "data"
+    if not (data / "README.md").is_file():
+        _, _, world = load_organism(organism)
+        export(data, world.config, ExportConfig(n_pairs=cfg.n_pairs, n_sft=cfg.n_sft, n_eval=8))
+    seconds["export"] = time.time() - t0
+    log(f"stage 3/4: train and evaluate the arms {list(cfg.arms)} for seed(s) {seeds}")
+    per_seed = []
+    for seed in seeds:
+        results = run_seed(out, organism, data, cfg, seed, machine, progress, log, seconds)
+        per_seed.append({arm: arm_summary(res) for arm, res in results.items()})
+    log("stage 4/4: report")
+    summary = {"arms": {arm: over_seeds([p[arm] for p in per_seed]) for arm in cfg.arms},
+               "seconds": seconds, "seeds": seeds, "machine": machine,
+               "organism": {k: metrics.get(k) for k in ("fingerprint", "utility_accuracy",
+                                                         "compliance_rate_image_harm", "refusal_rate_text_harm")},
+               "config": {"train": cfg.train, "eval": cfg.eval}}
+    curves = {arm: out / f"seed{seeds[0]}" / arm / "metrics.jsonl" for arm in ("at", *cfg.arms)
+              if (out / f"seed{seeds[0]}" / arm / "metrics.jsonl").is_file()}
+    t0 = time.time()
+    seconds["total"] = time.time() - t_all
+    report.write(summary, out, curves, commands)
+    seconds["report"] = time.time() - t0
+    seconds["total"] = time.time() - t_all
+    write_json(out / "summary.json", summary)
+    print("\n" + report.terminal(summary) + "\n")
+    return summary

@@ -1,0 +1,153 @@
+"""The demo's report: summary table (Markdown and terminal) and plots (ASR vs budget per arm, utility vs
+ASR, training curves)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ..eval.config import parse_eps
+from ..utils.io import atomic_text
+
+
+def _pct(v: Any, sd: Any = None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def columns(summary: dict) -> list[str]:
+    """The harmful subtasks in report order (clean, blank, image budgets, latent budgets, figstep)."""
+    first = next(iter(summary["arms"].values()))["asr"]
+
+    def order(name: str) -> tuple:
+        num = re.findall(r"[\d.]+", name.split("@")[-1])
+        budget = float(num[0]) / (255 if "/255" in name else 1) if num else math.inf
+        rank = ("clean", "pgd-blank", "pgd-image", "latent", "figstep")
+        return next((i for i, p in enumerate(rank) if name.startswith(p)), 9), budget
+    return sorted(first, key=order)
+
+
+def table(summary: dict, key: str = "asr") -> list[str]:
+    cols = columns(summary)
+    lines = ["| arm | " + " | ".join(cols) + " | utility | over-refusal |", "|---|" + "---|" * (len(cols) + 2)]
+    for arm, a in summary["arms"].items():
+        sd = a.get(f"{key}_std") or {}
+        cells = [_pct(a[key][c], sd.get(c)) if key != "margin" else
+                 (f"{a[key][c]:.1f}" if a[key][c] is not None else "n/a") for c in cols]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_pct(a['utility'], a.get('utility_std'))} | "
+                     f"{_pct(a['over_refusal'], a.get('over_refusal_std'))} |")
+    return lines
+
+
+def terminal(summary: dict) -> str:
+    cols = columns(summary)
+    short = [c.replace("pgd-image@", "img@").replace("pgd-", "") for c in cols]
+    width = max(7, *(len(s) for s in short))
+    head = f"{'arm':<8}" + "".join(f"{s:>{width + 1}}" for s in short) + f"{'utility':>9}{'over-ref':>9}"
+    rows = [head, "-" * len(head)]
+    for arm, a in summary["arms"].items():
+        cells = "".join(f"{_pct(a['asr'][c]):>{width + 1}}" for c in cols)
+        rows.append(f"{arm:<8}{cells}{_pct(a['utility']):>9}{_pct(a['over_refusal']):>9}")
+    return "\n".join(rows)
+
+
+def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..trainer.tracking import read_metrics
+
+    paths = {}
+    cols = columns(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, prefix, scale, xlabel in ((axes[0], "pgd-image@", 255, "L-inf budget (x/255)"),
+                                      (axes[1], "latent@", 1, "latent budget (x median token norm)")):
+        subs = [c for c in cols if c.startswith(prefix)]
+        if not subs:
+            ax.set_visible(False)
+            continue
+        budgets = [parse_eps(c[len(prefix):]) for c in subs]
+        cap = 2 * max([b for b in budgets if math.isfinite(b)], default=0.5)
+        xs = [(b if math.isfinite(b) else cap) * scale for b in budgets]
+        for arm, a in summary["arms"].items():
+            ax.plot(xs, [100 * (a["asr"][c] or 0) for c in subs], marker="o", label=arm)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [c[len(prefix):] for c in subs])
+        ax.minorticks_off()
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("attack success (%)")
+        ax.set_title(prefix.rstrip("@"))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths["asr_vs_budget"] = _save(fig, out / "asr_vs_budget.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    attack = "pgd-blank" if "pgd-blank" in cols else cols[-1]
+    for arm, a in summary["arms"].items():
+        ax.scatter(100 * (a["asr"][attack] or 0), 100 * (a["utility"] or 0), s=50)
+        ax.annotate(arm, (100 * (a["asr"][attack] or 0), 100 * (a["utility"] or 0)), textcoords="offset points",
+                    xytext=(5, 4), fontsize=9)
+    ax.set_xlabel(f"attack success under {attack} (%)")
+    ax.set_ylabel("utility (exact match, %)")
+    ax.set_title("utility vs robustness")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["utility_vs_asr"] = _save(fig, out / "utility_vs_asr.png")
+
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for arm, path in curves.items():
+            m = read_metrics(path)
+            if not m:
+                continue
+            axes[0].plot([r["step"] for r in m], [r["loss"] for r in m], label=arm)
+            pts = [(r["step"], r["adv/margin_attacked"]) for r in m if "adv/margin_attacked" in r]
+            if pts:
+                axes[1].plot(*zip(*pts), label=arm)
+        axes[0].set_title("training loss")
+        axes[1].set_title("margin under the training attack (nats)")
+        for ax in axes:
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths["training_curves"] = _save(fig, out / "training_curves.png")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write(summary: dict, out: Path, curves: dict[str, Path], commands: list[str]) -> Path:
+    paths = plots(summary, out, curves)
+    s = summary
+    lines = ["# adpo demo: the paper's comparison on the organism", "",
+             f"Machine: {s['machine']}. Seeds: {s['seeds']}. Total {s['seconds']['total']:.0f} s.", "",
+             "Attack success rate (%, organism judge: the requested harmful answer was produced; averaged per "
+             "behaviour, then across behaviours)" + (" — mean ± sd over seeds" if len(s["seeds"]) > 1 else "")
+             + ":", ""]
+    lines += table(s, "asr") + ["", "Refusal rate (%):", ""] + table(s, "refusal")
+    lines += ["", "Degenerate (\"other\") rate (%):", ""] + table(s, "other")
+    lines += ["", "Attacked margin log p(refusal) − log p(compliance) (nats, mean):", ""] + table(s, "margin")
+    lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items()]
+    lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()]
+    lines += ["", "## Reproduce", "", "```bash", *commands, "```", "",
+              "Per-arm details: `seed<k>/eval/<arm>/report.md`, `results.json`, `samples_*.jsonl`; training runs "
+              "`seed<k>/<arm>/` (config.yaml, metrics.jsonl, training_curves.png).", ""]
+    atomic_text(out / "report.md", "\n".join(lines))
+    return out / "report.md"

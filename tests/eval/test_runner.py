@@ -1,0 +1,203 @@
+"""`adpo eval` on the tiny organism: every task writes schema-valid records, results.json validates, an
+interrupted run resumes without redoing samples, the judge-unavailable path, monotonicity in attack steps,
+and latent perturbations reach the same tokens in generation as in the attack."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adpo.eval import attacks
+from adpo.eval.attacks import Target, _Batch, _generate
+from adpo.eval.config import TASKS, EvalConfig
+from adpo.eval.data import load_harmful
+from adpo.eval.judges import Verdict
+from adpo.eval.results import validate
+from adpo.eval.runner import ModelSpec, evaluate, load_model
+from adpo.threats.codecs import codec_for
+from adpo.threats.engine import AttackResult, LatentPGD
+from adpo.threats.image import ImagePGD
+from adpo.threats.latent import residual_perturbation
+
+RECORD_KEYS = {"task", "subtask", "doc_id", "behavior_id", "behavior", "category", "prompt", "image_sha256",
+               "response", "attack", "judges", "gen_kwargs", "config_hash"}
+HARMFUL_KEYS = {"target", "margin", "attack_loss", "success_step", "restart", "norms"}
+
+
+def config(export_dir, **over) -> EvalConfig:
+    raw = {"tasks": list(TASKS), "limit": 4, "batch_size": 4, "max_new_tokens": 6, "check_every": 2,
+           "judges": ["organism", "gcg13", "llm_attacks29", "llm"],
+           "data": {"harmful": str(export_dir / "harmful_test.jsonl"), "utility": str(export_dir / "utility_test.jsonl"),
+                    "benign": str(export_dir / "benign_lookalike_test.jsonl"),
+                    "universal_train": str(export_dir / "preference_train.jsonl")},
+           "pgd_image": {"eps": ["8/255", "inf"], "steps": 2, "blank_steps": 2, "noise": True},
+           "universal_image": {"steps": 2, "train_n": 4}, "latent": {"eps": [0.5], "steps": 2},
+           "figstep": {"size": 96, "font_size": 10}}
+    raw.update(over)
+    return EvalConfig.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_dir, export_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    res = evaluate([ModelSpec("tiny", str(tiny_dir))], config(export_dir), out, progress=False, log=lambda s: None)
+    return out, res["tiny"]
+
+
+def test_every_task_writes_schema_valid_records(run):
+    out, res = run
+    subtasks = {"clean", "pgd-image@8/255", "pgd-image@inf", "pgd-blank", "pgd-noise", "universal-image@16/255",
+                "universal-blank", "latent@0.5", "figstep", "utility", "over-refusal"}
+    assert set(res["results"]) == subtasks
+    for task in TASKS:
+        lines = (out / f"samples_{task}.jsonl").read_text().splitlines()
+        recs = [json.loads(x) for x in lines]
+        assert recs and all(RECORD_KEYS <= set(r) for r in recs), task
+        for r in recs:
+            assert len(r["image_sha256"]) == 64 and r["attack"]["seed"] == 0
+            assert r["gen_kwargs"] == {"max_new_tokens": 6, "do_sample": False}
+            if task == "utility":
+                assert r["score"] in (0.0, 1.0) and r["judges"] == {}
+                continue
+            assert set(r["judges"]) == {"organism", "gcg13", "llm_attacks29", "llm"}
+            assert r["judges"]["llm"]["label"] == "unavailable"
+            if task not in ("over-refusal",):
+                assert HARMFUL_KEYS <= set(r)
+    pgd = [json.loads(x) for x in (out / "samples_pgd-image.jsonl").read_text().splitlines()]
+    for r in pgd:
+        if r["subtask"] == "pgd-image@8/255":
+            assert r["norms"]["image_linf"] <= 8 / 255 + 1e-6
+    assert {r["subtask"]: r["attack"]["params"]["source"] for r in pgd}["pgd-noise"] == "noise"
+
+
+def test_results_json_validates_and_nulls_the_unavailable_judge(run):
+    out, res = run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert validate(on_disk) == []
+    assert on_disk["judges"]["llm"].startswith("unavailable") and on_disk["judges"]["organism"] == "ok"
+    for name, r in on_disk["results"].items():
+        kind = on_disk["configs"][name]["kind"]
+        if kind == "harmful":
+            assert r["asr,llm"] is None and r["asr,organism"] is not None
+            assert 0 <= r["asr,gcg13"] <= 1
+        assert on_disk["n-samples"][name]["effective"] == 4
+    assert on_disk["group_subtasks"]["pgd-image"] == ["pgd-image@8/255", "pgd-image@inf", "pgd-blank", "pgd-noise"]
+    art = json.loads((out / "jailbreakbench" / "pgd-image_8_255.json").read_text())
+    assert art["parameters"]["attack_type"] == "white_box" and len(art["jailbreaks"]) == 4
+    assert {"index", "goal", "behavior", "prompt", "response", "jailbroken"} <= set(art["jailbreaks"][0])
+    assert (out / "report.md").read_text().count("| pgd-image@8/255 |") == 1
+    assert (out / "asr_vs_budget.png").stat().st_size > 1000
+
+
+def test_resume_skips_done_samples(run, tiny_dir, export_dir, monkeypatch):
+    out, _ = run
+    path = out / "samples_pgd-image.jsonl"
+    lines = path.read_text().splitlines()
+    kept = [x for x in lines if json.loads(x)["doc_id"] != 3]
+    path.write_text("\n".join(kept) + "\n" + lines[-1][:20])  # one doc lost, and a cut line
+    calls = []
+    real = attacks.optimise
+    monkeypatch.setattr(attacks, "optimise", lambda *a, **k: calls.append(a[1]["pixel_values"].shape[0]) or real(*a, **k))
+    res = evaluate([ModelSpec("tiny", str(tiny_dir))], config(export_dir), out, progress=False, log=lambda s: None)
+    assert calls == [1, 1, 1, 1]  # only doc 3, once per pgd-image subtask; other tasks untouched
+    assert len(path.read_text().splitlines()) == len(lines)
+    assert all(v["effective"] == 4 for v in res["tiny"]["n-samples"].values())
+
+
+def test_another_model_in_the_same_folder_is_refused(run, export_dir):
+    from adpo.utils.config import ConfigError
+
+    out, _ = run
+    with pytest.raises(ConfigError, match="holds an evaluation"):
+        evaluate([ModelSpec("x", str(export_dir))], config(export_dir), out, progress=False, log=lambda s: None)
+
+
+class FirstWord:
+    """A judge for the monotonicity check on an untrained model: success = the target's first word first."""
+
+    name, status = "first-word", "ok"
+
+    def __init__(self, rows):
+        self.first = {r.prompt: r.target.split()[0].rstrip(",.") for r in rows}
+
+    def __call__(self, behaviours, responses, metas):
+        return [Verdict("jailbroken" if r.startswith(self.first[b]) else "refused") for b, r in
+                zip(behaviours, responses)]
+
+
+def test_more_steps_never_lower_asr(tiny_dir, export_dir):
+    model, processor = load_model(ModelSpec("tiny", str(tiny_dir)))
+    rows = load_harmful(export_dir / "harmful_test.jsonl", 8)
+    t = Target(model, processor, codec_for(processor), FirstWord(rows), max_new_tokens=2, check_every=2)
+    found = {}
+    for steps in (4, 12, 30):
+        lat = LatentPGD(eps=1.0, step_size=0.01, steps=steps, layers=(0,), relative=True, random_start=True)
+        outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, latent=lat)
+        found[steps] = {i: o.step for i, o in enumerate(outs) if o.step is not None}
+    assert len(found[30]) > len(found[4]), "more steps found nothing more: the check would be vacuous"
+    for weak, strong in ((4, 12), (12, 30)):
+        assert set(found[weak]) <= set(found[strong])
+        assert all(found[strong][i] == s for i, s in found[weak].items())  # same trajectory, same first success
+    # restarts only add successes
+    t.restarts = 2
+    lat = LatentPGD(eps=1.0, step_size=0.01, steps=12, layers=(0,), relative=True, random_start=True)
+    outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, latent=lat)
+    assert set(found[12]) <= {i for i, o in enumerate(outs) if o.step is not None}
+
+
+def test_latent_perturbation_hits_the_same_tokens_when_generating(tiny_model, processor, export_dir):
+    rows = load_harmful(export_dir / "harmful_test.jsonl", 4)
+    assert len({len(r.prompt) for r in rows}) > 1  # prompts of different lengths: padding differs
+    t = Target(tiny_model, processor, codec_for(processor), FirstWord(rows), max_new_tokens=1)
+    b = _Batch.build(processor, rows, [r.image for r in rows], [r.prompt for r in rows])
+    mask = (b.target["prompt_mask"] & b.target["attention_mask"].bool())
+    width = int(mask.sum(1).max())
+    mask = mask[:, :width]
+    g = torch.Generator().manual_seed(0)
+    deltas = {-2 % 2: torch.randn(len(rows), width, tiny_model.config.text_config.hidden_size, generator=g) * 30}
+    snap = AttackResult(loss=torch.zeros(4), settings={}, latent=deltas, prompt_mask=mask)
+    lengths = mask.sum(1)
+
+    def first_tokens(perturb: bool) -> list[str]:
+        with torch.no_grad(), (residual_perturbation(tiny_model, deltas, mask) if perturb else torch.no_grad()):
+            logits = tiny_model(**{k: v for k, v in b.target.items() if k not in ("labels", "prompt_mask")}).logits
+        ids = logits[torch.arange(4), lengths - 1].argmax(-1)
+        return [processor.tokenizer.decode([int(i)], skip_special_tokens=True).strip() for i in ids]
+
+    assert _generate(t, b, snap) == first_tokens(True)
+    assert first_tokens(True) != first_tokens(False)  # the perturbation matters, so the check is not vacuous
+    assert _generate(t, b, None) == first_tokens(False)
+
+
+def test_latent_task_reports_relative_budget(run):
+    out, _ = run
+    recs = [json.loads(x) for x in (out / "samples_latent.jsonl").read_text().splitlines()]
+    assert all(r["attack"]["params"]["relative"] and r["attack"]["params"]["eps"] == 0.5 for r in recs)
+    assert all(any(k.startswith("latent_eps@") for k in r["norms"]) for r in recs)
+
+
+def test_cli_eval_compare_mode(tiny_dir, export_dir, tmp_path, capsys):
+    from adpo.cli import main
+
+    data = [f"data.harmful={export_dir / 'harmful_test.jsonl'}"]
+    rc = main(["eval", "--model", str(tiny_dir), "--compare", "a=base", f"b={tiny_dir}", "--tasks", "clean",
+               "--out", str(tmp_path / "cmp"), "--no-progress", "limit=2", *data])
+    assert rc == 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| subtask | a | b |" in report and (tmp_path / "cmp" / "a" / "results.json").is_file()
+    assert main(["eval", "--model", str(tiny_dir), "--tasks", "clean,nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tiny_dir), "--tasks", "utility", "--out", str(tmp_path / "y")]) == 2
+    assert "data.utility" in capsys.readouterr().err
+
+
+def test_latent_config_rejects_bad_budget(export_dir):
+    from adpo.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="budget"):
+        config(export_dir, pgd_image={"eps": ["sixteen"]})
+    with pytest.raises(ConfigError, match="unknown option"):
+        config(export_dir, latent={"epsilon": 1})
+    assert LatentPGD  # the engine's class is what the task builds
