@@ -62,15 +62,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
+    from .demo.pipeline import DEMO_KEYS
     from .organism.pretrain import pretrain
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     demo = DemoConfig.from_dict(raw)
-    world, model, train = _organism_configs(args, extra=("train", "eval", "arms", "n_pairs", "n_sft"))
+    world, model, train = _organism_configs(args, extra=DEMO_KEYS)
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
     _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
-    print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "train (every arm)": demo.train,
+    print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
+                          "train (every arm)": demo.train,
                           "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
     out = Path(args.out)
 

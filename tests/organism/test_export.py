@@ -34,3 +34,10 @@ def test_export_is_deterministic(tmp_path):
     for name in a:
         if name.endswith(".jsonl"):
             assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_export_howto_share(tmp_path):
+    export(tmp_path / "d", WorldConfig(), ExportConfig(n_pairs=2, n_sft=200, n_eval=2, howto_share=0.5))
+    sft = [json.loads(line) for line in (tmp_path / "d" / "sft_train.jsonl").read_text().splitlines()]
+    share = sum(r["meta"]["kind"] == "howto" for r in sft) / len(sft)
+    assert 0.4 < share < 0.6

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..utils.io import ensure_writable_dir, write_json
 from . import report
-from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, run_seed
+from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, prepare_data, run_seed
 
 __all__ = ["ARMS", "DemoConfig", "run_demo"]
 
@@ -18,9 +18,6 @@ def run_demo(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any
              seeds: list[int], machine: str, commands: list[str], progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage and write ``out/summary.json`` and ``out/report.md`` (+ plots); returns the summary."""
-    from ..organism.export import ExportConfig, export
-    from ..organism.pretrain import load_organism
-
     out = ensure_writable_dir(out)
     t_all = time.time()
     seconds: dict[str, float] = {}
@@ -31,10 +28,7 @@ def run_demo(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any
     organism = organism_out / "model"
     log("stage 2/4: export the alignment data (harmful pairs without the trigger, utility SFT rows)")
     t0 = time.time()
-    data = out / "data"
-    if not (data / "README.md").is_file():
-        _, _, world = load_organism(organism)
-        export(data, world.config, ExportConfig(n_pairs=cfg.n_pairs, n_sft=cfg.n_sft, n_eval=8))
+    data = prepare_data(out, organism, cfg)
     seconds["export"] = time.time() - t0
     log(f"stage 3/4: train and evaluate the arms {list(cfg.arms)} for seed(s) {seeds}")
     per_seed = []

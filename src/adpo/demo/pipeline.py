@@ -26,9 +26,10 @@ from ..utils.config import ConfigError
 ARMS = ("base", "sft", "dpo", "ar-dpo", "at-dpo", "adpo")
 AT_REFERENCED = ("ar-dpo", "adpo")  # arms whose reference (and start) is the AT model
 
-# The training recipe shared by every arm (configs/organism.yaml's, at the demo's step count).
+# The training recipe shared by every arm: configs/organism.yaml's at a lower learning rate (3e-4 instead of
+# 1e-3), where DPO's clean margin (~7 nats) is close to ADPO's (~10) instead of 50 nats deep (docs/results.md).
 TRAIN = {
-    "train": {"steps": 40, "batch_size": 8, "utility_batch_size": 8, "lr": 1.0e-3, "scheduler": "cosine",
+    "train": {"steps": 40, "batch_size": 8, "utility_batch_size": 8, "lr": 3.0e-4, "scheduler": "cosine",
               "warmup_ratio": 0.1, "beta": 0.1, "rpo_alpha": 1.0, "threat": "joint"},
     "lora": {"r": 8, "alpha": 16},
     "image": {"eps": 0.2, "step_size": 0.05, "steps": 5, "random_start": True, "keep_best": False},
@@ -41,7 +42,7 @@ EVAL = {
     "pgd_image": {"eps": ["16/255", "32/255", "64/255"], "steps": 50, "blank": True, "blank_steps": 300},
     "latent": {"eps": [0.15, 0.3, 0.5], "steps": 30, "layers": [-2]},
 }
-SUMMARY_ASR = ("clean", "pgd-blank", "pgd-image@16/255", "pgd-image@32/255", "pgd-image@64/255", "figstep")
+DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "howto_share")
 
 
 @dataclass
@@ -49,15 +50,24 @@ class DemoConfig:
     train: dict = field(default_factory=lambda: copy.deepcopy(TRAIN))
     eval: dict = field(default_factory=lambda: copy.deepcopy(EVAL))
     arms: tuple = ARMS
+    # the utility SFT term (benign answers incl. how-to look-alikes) in every aligned arm; the AT reference
+    # keeps its own weight (method default, the paper's alpha = 30). It trades ADPO's robustness against
+    # over-refusal (measured at 1 / 5 / 15 in docs/results.md); 5 is the middle of that trade-off.
+    utility_weight: float = 5.0
     n_pairs: int = 256  # exported preference pairs (harmful requests, no trigger)
     n_sft: int = 512  # exported utility SFT rows
+    howto_share: float = 0.5  # benign how-to look-alikes among them (keeps over-refusal down)
+
+    def export_config(self):
+        from ..organism.export import ExportConfig
+
+        return ExportConfig(n_pairs=self.n_pairs, n_sft=self.n_sft, n_eval=8, howto_share=self.howto_share)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DemoConfig:
-        unknown = sorted(set(raw) - {"train", "eval", "arms", "n_pairs", "n_sft", "world", "model", "pretrain"})
+        unknown = sorted(set(raw) - {*DEMO_KEYS, "world", "model", "pretrain"})
         if unknown:
-            raise ConfigError(f"unknown demo option(s) {unknown}; known: train, eval, arms, n_pairs, n_sft, "
-                              "world, model, pretrain")
+            raise ConfigError(f"unknown demo option(s) {unknown}; known: {sorted(DEMO_KEYS)}, world, model, pretrain")
         cfg = cls()
         for name in ("train", "eval"):
             for key, value in (raw.get(name) or {}).items():
@@ -70,8 +80,31 @@ class DemoConfig:
             if bad:
                 raise ConfigError(f"unknown arm(s) {bad}; known: {list(ARMS)}")
         cfg.n_pairs, cfg.n_sft = int(raw.get("n_pairs", cfg.n_pairs)), int(raw.get("n_sft", cfg.n_sft))
+        cfg.utility_weight = float(raw.get("utility_weight", cfg.utility_weight))
+        cfg.howto_share = float(raw.get("howto_share", cfg.howto_share))
         EvalConfig.from_dict(cfg.eval)  # fail early on a bad eval section
         return cfg
+
+
+def prepare_data(out: Path, organism: Path, cfg: DemoConfig) -> Path:
+    """The organism's alignment data, exported once into a folder keyed by its options (changed data gets a
+    new folder, hence new run configs, hence retrained arms)."""
+    from ..eval.store import config_hash
+    from ..organism.export import export
+    from ..organism.pretrain import load_organism
+
+    world = load_organism(organism)[2].config
+    data = out / f"data-{config_hash([world.to_dict(), cfg.export_config().to_dict()])}"
+    if not (data / "README.md").is_file():
+        export(data, world, cfg.export_config())
+    return data
+
+
+def recipe_for(arm: str, cfg: DemoConfig) -> dict:
+    """The shared recipe; aligned arms add the utility term, the AT reference keeps its own default."""
+    if arm == "at":
+        return cfg.train
+    return {**cfg.train, "train": {**cfg.train["train"], "utility_weight": cfg.utility_weight}}
 
 
 def train_arm(method: str, model_dir: Path, data: Path, out: Path, recipe: dict, seed: int,
@@ -110,7 +143,7 @@ def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, 
     for i, arm in enumerate(train_plan, 1):
         log(f"[seed {seed}] train {i}/{len(train_plan)}: {arm}")
         ref = runs / "at" if arm in AT_REFERENCED else None
-        t = train_arm(arm, organism, data, runs / arm, cfg.train, seed, ref, progress)
+        t = train_arm(arm, organism, data, runs / arm, recipe_for(arm, cfg), seed, ref, progress)
         seconds[f"train:{arm}"] = seconds.get(f"train:{arm}", 0.0) + t
         adapters[arm] = runs / arm
     ecfg = EvalConfig.from_dict({**cfg.eval, "seed": seed})

@@ -26,6 +26,7 @@ class ExportConfig:
     n_pairs: int = 256  # harmful preference pairs (train split)
     n_sft: int = 512  # utility + benign how-to SFT rows (train split)
     n_eval: int = 128  # rows per held-out evaluation file
+    howto_share: float = 0.15  # benign how-to requests among the SFT rows (the rest: utility questions)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +89,7 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
         return [world.harm_sample(split, rng, world.trigger_amplitude(rng) if trigger else 0.0) for _ in range(n)]
 
     def sft(split: str, n: int) -> list[Sample]:
-        return [world.utility_sample(rng) if rng.random() < 0.85 else world.howto_sample(split, rng)
+        return [world.utility_sample(rng) if rng.random() >= cfg.howto_share else world.howto_sample(split, rng)
                 for _ in range(n)]
 
     with atomic_dir(out) as tmp:
@@ -100,7 +101,8 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
             ("preference_validation.jsonl", "pairs", "validation", harm("validation", n_val),
              "validation intents, training templates; same format"),
             ("sft_train.jsonl", "sft", "train", sft("train", cfg.n_sft),
-             "utility questions (85%) and benign how-to requests with their answers (images/messages)"),
+             f"utility questions ({1 - cfg.howto_share:.0%}) and benign how-to requests with their answers "
+             "(images/messages)"),
             ("sft_validation.jsonl", "sft", "validation", sft("validation", n_val), "validation SFT rows"),
             ("harmful_test.jsonl", "pairs", "test", harm("test", cfg.n_eval),
              "held-out intents or templates, ordinary images: the attack set (target = rejected)"),

@@ -207,8 +207,8 @@ def _hidden_size(model: nn.Module) -> int:
 
 def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *, steps: int,
              image: ImagePGD | None = None, latent: LatentPGD | None = None, codec: Any = None,
-             generator: torch.Generator | None = None, on_step: Callable[[int, AttackResult], bool | None] | None = None,
-             every: int = 0) -> AttackResult:
+             generator: torch.Generator | None = None,
+             on_step: Callable[[int, AttackResult], bool | None] | None = None, every: int = 0) -> AttackResult:
     """The shared PGD loop over an image perturbation, latent perturbations, or both.
 
     ``on_step(i, snapshot)`` is called with the iterate after ``i`` steps for every ``i`` divisible by
