@@ -56,6 +56,18 @@ def targets(s: dict) -> list[tuple[str, bool, str]]:
     return out
 
 
+def smallest_k(rows: list[dict]) -> str:
+    """The cheapest variant whose attacked ASR is within 2 points of K = 10 on every attack."""
+    ref = next((r for r in rows if r["name"] == "K=10"), None)
+    if ref is None:
+        return "K = 10 was not run."
+    subs = [k for k in ref["asr"] if k != "clean" and ref["asr"][k] is not None]
+    ok = [r for r in rows if all(r["asr"][k] is not None and r["asr"][k] <= ref["asr"][k] + 0.02 for k in subs)]
+    best = min(ok, key=lambda r: r["train_seconds"])
+    return (f"Cheapest variant within 2 points of K = 10 on every attack ({', '.join(subs)}): **{best['name']}** "
+            f"({best['train_seconds']:.0f} s vs {ref['train_seconds']:.0f} s for K = 10).")
+
+
 def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     from adpo.demo import report
 
@@ -77,6 +89,10 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
              "the second-to-last layer, per-token L2 budget x × the median token norm (30 steps); `figstep` = "
              "typographic image (the organism cannot read it). ASR counts a behaviour at the first checkpoint "
              "where the organism judge sees the requested harmful answer.", "",
+             "Recipe (every arm): LoRA r 8, 40 steps, lr 3e-4, β 0.1, SFT term on the chosen answer, utility "
+             "SFT term weight 5 on 50% benign how-to rows; joint image (ε 0.2, 5 steps) + latent (0.3× token "
+             "norm) training threat; AT reference with the paper's α = 30. How it was chosen, with the runs "
+             "that failed: [results/recipe_search.md](results/recipe_search.md).", "",
              "## Attack success rate" + (" (mean ± sd over seeds)" if multi else ""), ""]
     lines += report.table(s, "asr")
     lines += ["", "Refusal rate:", ""] + report.table(s, "refusal")
@@ -97,11 +113,13 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
         rows = json.loads(path.read_text())["rows"]
         subs = [k for k in ("pgd-blank", "pgd-image@16/255", "pgd-image@32/255", "latent@0.3", "latent@0.5")
                 if k in rows[0]["asr"]]
-        lines += ["", f"## {title}", "", "| run | train s | clean margin | " + " | ".join(subs) + " | utility |",
-                  "|---|---|---|" + "---|" * (len(subs) + 1)]
+        lines += ["", f"## {title}", "", "ASR under each attack (the studies run the attack tasks only).", "",
+                  "| run | train s | clean margin | " + " | ".join(subs) + " |", "|---|---|---|" + "---|" * len(subs)]
         for r in rows:
             lines.append(f"| {r['name']} | {r['train_seconds']:.1f} | {r['margin']['clean']:.1f} | "
-                         + " | ".join(pct(r["asr"][k]) for k in subs) + f" | {pct(r['utility'])} |")
+                         + " | ".join(pct(r["asr"][k]) for k in subs) + " |")
+        if study == "compute":
+            lines += ["", smallest_k(rows)]
         lines += ["", f"![{study}](results/demo_{study}.png)"]
     doc = ROOT / "docs" / "results.md"
     doc.write_text("\n".join(lines) + "\n")
@@ -126,6 +144,9 @@ def main() -> int:
             t0 = time.time()
             subprocess.run(cmd, check=True)
             seconds[name] = time.time() - t0
+        (args.out / "results_seconds.json").write_text(json.dumps(seconds))
+    elif (args.out / "results_seconds.json").is_file():
+        seconds = json.loads((args.out / "results_seconds.json").read_text())
     print(f"wrote {write_doc(args.out, seconds, command)}")
     return 0
 

@@ -18,7 +18,6 @@ from adpo.eval.results import validate
 from adpo.eval.runner import ModelSpec, evaluate, load_model
 from adpo.threats.codecs import codec_for
 from adpo.threats.engine import AttackResult, LatentPGD
-from adpo.threats.image import ImagePGD
 from adpo.threats.latent import residual_perturbation
 
 RECORD_KEYS = {"task", "subtask", "doc_id", "behavior_id", "behavior", "category", "prompt", "image_sha256",
@@ -29,7 +28,8 @@ HARMFUL_KEYS = {"target", "margin", "attack_loss", "success_step", "restart", "n
 def config(export_dir, **over) -> EvalConfig:
     raw = {"tasks": list(TASKS), "limit": 4, "batch_size": 4, "max_new_tokens": 6, "check_every": 2,
            "judges": ["organism", "gcg13", "llm_attacks29", "llm"],
-           "data": {"harmful": str(export_dir / "harmful_test.jsonl"), "utility": str(export_dir / "utility_test.jsonl"),
+           "data": {"harmful": str(export_dir / "harmful_test.jsonl"),
+                    "utility": str(export_dir / "utility_test.jsonl"),
                     "benign": str(export_dir / "benign_lookalike_test.jsonl"),
                     "universal_train": str(export_dir / "preference_train.jsonl")},
            "pgd_image": {"eps": ["8/255", "inf"], "steps": 2, "blank_steps": 2, "noise": True},
@@ -99,7 +99,8 @@ def test_resume_skips_done_samples(run, tiny_dir, export_dir, monkeypatch):
     path.write_text("\n".join(kept) + "\n" + lines[-1][:20])  # one doc lost, and a cut line
     calls = []
     real = attacks.optimise
-    monkeypatch.setattr(attacks, "optimise", lambda *a, **k: calls.append(a[1]["pixel_values"].shape[0]) or real(*a, **k))
+    monkeypatch.setattr(attacks, "optimise",
+                        lambda *a, **k: calls.append(a[1]["pixel_values"].shape[0]) or real(*a, **k))
     res = evaluate([ModelSpec("tiny", str(tiny_dir))], config(export_dir), out, progress=False, log=lambda s: None)
     assert calls == [1, 1, 1, 1]  # only doc 3, once per pgd-image subtask; other tasks untouched
     assert len(path.read_text().splitlines()) == len(lines)
@@ -201,3 +202,14 @@ def test_latent_config_rejects_bad_budget(export_dir):
     with pytest.raises(ConfigError, match="unknown option"):
         config(export_dir, latent={"epsilon": 1})
     assert LatentPGD  # the engine's class is what the task builds
+
+
+def test_training_attack_steps_read_from_the_run(tmp_path):
+    from adpo.eval.runner import training_attack_steps
+
+    ad = tmp_path / "run" / "adapter"
+    ad.mkdir(parents=True)
+    (ad / "adapter_config.json").write_text("{}")
+    (ad / "adpo_train.json").write_text(json.dumps({"config": {"image": {"steps": 5}, "latent": {"steps": 7}}}))
+    assert training_attack_steps(ModelSpec("a", "m", str(tmp_path / "run"))) == 7
+    assert training_attack_steps(ModelSpec("a", "m", None)) == 0

@@ -104,6 +104,11 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
                     cfg.restarts)
     subs = subtasks(cfg, data)
+    trained = training_attack_steps(spec)
+    for sub in subs:
+        if sub.attack_type == "white_box" and sub.params.get("steps", trained) < trained:
+            log(f"warning: {sub.name} runs {sub.params['steps']} attack steps, fewer than the {trained} the model "
+                "was trained against: not an adaptive evaluation")
     stores: dict[str, SampleStore] = {}
     current: dict[str, list[dict]] = {}
     for sub in subs:
@@ -131,6 +136,19 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
                                                                      primary.name, res["date"]))
     log(f"{spec.label}: {len(subs)} subtasks in {seconds:.0f}s -> {out / 'results.json'}")
     return res
+
+
+def training_attack_steps(spec: ModelSpec) -> int:
+    """The most attack steps the evaluated adapter saw in training (0 when unknown or untrained)."""
+    if spec.adapter is None:
+        return 0
+    from ..models.adapters import resolve_run
+
+    try:
+        saved = json.loads((resolve_run(spec.adapter) / "adpo_train.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        return 0
+    return max(int((saved.get(k) or {}).get("steps", 0)) for k in ("image", "latent"))
 
 
 def _records(sub: Subtask, rows: list, outcomes: list, judges: list, target: Target, seed: int,
