@@ -70,8 +70,10 @@ def smallest_k(rows: list[dict]) -> str:
 
 def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     from adpo.demo import report
+    from adpo.demo.pipeline import ARMS
 
     s = json.loads((out / "summary.json").read_text())
+    s["arms"] = {a: s["arms"][a] for a in ARMS if a in s["arms"]}  # summary.json is written with sorted keys
     docs = ROOT / "docs" / "results"
     docs.mkdir(parents=True, exist_ok=True)
     for png in ("asr_vs_budget.png", "utility_vs_asr.png", "training_curves.png", "compute.png", "margin.png"):

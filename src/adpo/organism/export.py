@@ -89,7 +89,7 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
         return [world.harm_sample(split, rng, world.trigger_amplitude(rng) if trigger else 0.0) for _ in range(n)]
 
     def sft(split: str, n: int) -> list[Sample]:
-        return [world.utility_sample(rng) if rng.random() >= cfg.howto_share else world.howto_sample(split, rng)
+        return [world.utility_sample(rng) if rng.random() < 1 - cfg.howto_share else world.howto_sample(split, rng)
                 for _ in range(n)]
 
     with atomic_dir(out) as tmp:
