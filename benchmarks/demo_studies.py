@@ -52,10 +52,10 @@ def main() -> int:
     ecfg = EvalConfig.from_dict({**cfg.eval, **ATTACKS, "seed": args.seed})
     edata = Data(ecfg, organism_defaults(organism, out))
     at = out / f"seed{args.seed}" / "at"
-    at_seconds = train_arm("at", organism, data, at, recipe_for("at", cfg), args.seed, progress=False)
+    at_seconds, _ = train_arm("at", organism, data, at, recipe_for("at", cfg), args.seed, progress=False)
 
     def run(name: str, method: str, recipe: dict, folder: Path) -> dict:
-        seconds = train_arm(method, organism, data, folder, recipe, args.seed,
+        seconds, _ = train_arm(method, organism, data, folder, recipe, args.seed,
                             at if method in ("ar-dpo", "adpo") else None, progress=False)
         t0 = time.time()
         res = evaluate_model(ModelSpec(name, str(organism), str(folder)), ecfg, folder / "eval", data=edata,

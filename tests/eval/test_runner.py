@@ -152,7 +152,7 @@ def test_latent_perturbation_hits_the_same_tokens_when_generating(tiny_model, pr
     rows = load_harmful(export_dir / "harmful_test.jsonl", 4)
     assert len({len(r.prompt) for r in rows}) > 1  # prompts of different lengths: padding differs
     t = Target(tiny_model, processor, codec_for(processor), FirstWord(rows), max_new_tokens=1)
-    b = _Batch.build(processor, rows, [r.image for r in rows], [r.prompt for r in rows])
+    b = _Batch.build(t, rows, [r.image for r in rows], [r.prompt for r in rows])
     mask = (b.target["prompt_mask"] & b.target["attention_mask"].bool())
     width = int(mask.sum(1).max())
     mask = mask[:, :width]

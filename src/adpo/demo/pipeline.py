@@ -108,8 +108,8 @@ def recipe_for(arm: str, cfg: DemoConfig) -> dict:
 
 
 def train_arm(method: str, model_dir: Path, data: Path, out: Path, recipe: dict, seed: int,
-              reference: Path | None = None, progress: bool = True) -> float:
-    """Train one arm (or reuse a finished run with the same resolved config); returns its training seconds."""
+              reference: Path | None = None, progress: bool = True) -> tuple[float, bool]:
+    """Train one arm (or reuse a finished run with the same resolved config): (training seconds, reused)."""
     from ..trainer.config import RunConfig
     from ..trainer.loop import train
 
@@ -123,10 +123,10 @@ def train_arm(method: str, model_dir: Path, data: Path, out: Path, recipe: dict,
     if done.is_file():
         saved = json.loads(done.read_text())
         if saved.get("config") == json.loads(json.dumps(run.to_dict(), default=str)):
-            return float(saved["seconds"])
+            return float(saved["seconds"]), True
     if out.exists():
         shutil.rmtree(out)  # an unfinished or differently configured run of this arm: start it over
-    return float(train(run, progress=progress)["seconds"])
+    return float(train(run, progress=progress)["seconds"]), False
 
 
 def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, machine: str,
@@ -143,7 +143,9 @@ def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, 
     for i, arm in enumerate(train_plan, 1):
         log(f"[seed {seed}] train {i}/{len(train_plan)}: {arm}")
         ref = runs / "at" if arm in AT_REFERENCED else None
-        t = train_arm(arm, organism, data, runs / arm, recipe_for(arm, cfg), seed, ref, progress)
+        t, reused = train_arm(arm, organism, data, runs / arm, recipe_for(arm, cfg), seed, ref, progress)
+        if not reused and (runs / "eval" / arm).exists():
+            shutil.rmtree(runs / "eval" / arm)  # samples of the previous weights must not be resumed
         seconds[f"train:{arm}"] = seconds.get(f"train:{arm}", 0.0) + t
         adapters[arm] = runs / arm
     ecfg = EvalConfig.from_dict({**cfg.eval, "seed": seed})
@@ -162,13 +164,15 @@ def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, 
 def arm_summary(res: dict) -> dict[str, Any]:
     """The summary.json entry of one arm: ASR per subtask (organism judge) and, beside it, the refusal and
     degenerate ("other") rates and the attacked margin; utility and over-refusal."""
+    from ..eval.report import primary_judge
+
     r = res["results"]
-    judge = "organism" if "organism" in res["judges"] else next(iter(res["judges"]))
+    judge = primary_judge(res)
     harmful = [s for s in r if res["configs"][s]["kind"] == "harmful"]
     out: dict[str, Any] = {name: {s: r[s].get(f"{key},{judge}") for s in harmful}
                            for name, key in (("asr", "asr"), ("refusal", "refusal_rate"), ("other", "other_rate"))}
     out["margin"] = {s: r[s].get("margin,none") for s in harmful}
-    out["utility"] = r["utility"]["accuracy,exact"] if "utility" in r else None
+    out["utility"] = next((v for k, v in r.get("utility", {}).items() if k.startswith("accuracy,")), None)
     out["over_refusal"] = r["over-refusal"][f"over_refusal,{judge}"] if "over-refusal" in r else None
     return out
 

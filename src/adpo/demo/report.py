@@ -74,8 +74,9 @@ def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
         budgets = [parse_eps(c[len(prefix):]) for c in subs]
         cap = 2 * max([b for b in budgets if math.isfinite(b)], default=0.5)
         xs = [(b if math.isfinite(b) else cap) * scale for b in budgets]
-        for arm, a in summary["arms"].items():
-            ax.plot(xs, [100 * (a["asr"][c] or 0) for c in subs], marker="o", label=arm)
+        for arm, a in summary["arms"].items():  # a missing value (unavailable judge) is a gap, not a 0
+            ax.plot(xs, [math.nan if a["asr"][c] is None else 100 * a["asr"][c] for c in subs], marker="o",
+                    label=arm)
         ax.set_xscale("log")
         ax.set_xticks(xs, [c[len(prefix):] for c in subs])
         ax.minorticks_off()
@@ -91,9 +92,11 @@ def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     attack = "pgd-blank" if "pgd-blank" in cols else cols[-1]
     for arm, a in summary["arms"].items():
-        ax.scatter(100 * (a["asr"][attack] or 0), 100 * (a["utility"] or 0), s=50)
-        ax.annotate(arm, (100 * (a["asr"][attack] or 0), 100 * (a["utility"] or 0)), textcoords="offset points",
-                    xytext=(5, 4), fontsize=9)
+        if a["asr"][attack] is None or a["utility"] is None:
+            continue
+        xy = (100 * a["asr"][attack], 100 * a["utility"])
+        ax.scatter(*xy, s=50)
+        ax.annotate(arm, xy, textcoords="offset points", xytext=(5, 4), fontsize=9)
     ax.set_xlabel(f"attack success under {attack} (%)")
     ax.set_ylabel("utility (exact match, %)")
     ax.set_title("utility vs robustness")
@@ -147,7 +150,7 @@ def write(summary: dict, out: Path, curves: dict[str, Path], commands: list[str]
     lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()]
     lines += ["", "## Reproduce", "", "```bash", *commands, "```", "",
-              "Per-arm details: `seed<k>/eval/<arm>/report.md`, `results.json`, `samples_*.jsonl`; training runs "
+              "Per-arm details: `seed<k>/eval/<arm>/results.json`, `samples_*.jsonl`, `jailbreakbench/`; training runs "
               "`seed<k>/<arm>/` (config.yaml, metrics.jsonl, training_curves.png).", ""]
     atomic_text(out / "report.md", "\n".join(lines))
     return out / "report.md"

@@ -53,7 +53,7 @@ class Outcome:
     response: str
     image_sha256: str
     margin: float
-    loss: float
+    loss: float | None  # the attack objective at the recorded iterate (None: no search)
     step: int | None = None  # first successful checkpoint (None: never jailbroken)
     restart: int = 0
     norms: dict[str, float] = field(default_factory=dict)
@@ -79,10 +79,12 @@ class _Batch:
     enc: dict[str, torch.Tensor]
 
     @classmethod
-    def build(cls, processor, rows: list[Row], images: list[Image.Image], prompts: list[str]) -> _Batch:
-        target = collate(processor, images, prompts, [r.target or r.answer or "." for r in rows])
-        refusal = collate(processor, images, prompts, [r.refusal or "." for r in rows])
-        return cls(rows, images, prompts, target, refusal, prompt_batch(processor, images, prompts))
+    def build(cls, t: Target, rows: list[Row], images: list[Image.Image], prompts: list[str]) -> _Batch:
+        device = t.model.device
+        target, refusal = (
+            {k: v.to(device) for k, v in collate(t.processor, images, prompts, answers).items()}
+            for answers in ([r.target or r.answer or "." for r in rows], [r.refusal or "." for r in rows]))
+        return cls(rows, images, prompts, target, refusal, prompt_batch(t.processor, images, prompts))
 
     def inputs(self) -> dict[str, torch.Tensor]:
         return {**image_keys(self.target), "prompt_mask": self.target["prompt_mask"],
@@ -127,10 +129,10 @@ def _hashes(b: _Batch, snap: AttackResult | None) -> list[str]:
 def respond(t: Target, rows: list[Row], images: list[Image.Image], prompts: list[str],
             snap_of: Any = None) -> list[Outcome]:
     """No search: generate once (clean, black-box or a fixed perturbation ``snap_of(batch) -> AttackResult``)."""
-    b = _Batch.build(t.processor, rows, images, prompts)
+    b = _Batch.build(t, rows, images, prompts)
     snap = snap_of(b) if snap_of is not None else None
     texts, margins, hashes = _generate(t, b, snap), _margin(t, b, snap), _hashes(b, snap)
-    return [Outcome(x, h, float(m), float("nan")) for x, h, m in zip(texts, hashes, margins)]
+    return [Outcome(x, h, float(m), None) for x, h, m in zip(texts, hashes, margins)]
 
 
 def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
@@ -143,7 +145,7 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
         idx = [i for i in range(len(rows)) if i not in done]
         if not idx:
             break
-        b = _Batch.build(t.processor, [rows[i] for i in idx], [images[i] for i in idx], [rows[i].prompt for i in idx])
+        b = _Batch.build(t, [rows[i] for i in idx], [images[i] for i in idx], [rows[i].prompt for i in idx])
 
         def on_step(step: int, snap: AttackResult, b: _Batch = b, idx: list[int] = idx, restart: int = restart
                     ) -> bool:
@@ -176,7 +178,7 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
 def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: ImagePGD, seed: int
                     ) -> tuple[torch.Tensor, float]:
     """One perturbation optimised over every training row at once (VisualAdv / ImgJP); (delta, mean loss)."""
-    b = _Batch.build(t.processor, rows, images, [r.prompt for r in rows])
+    b = _Batch.build(t, rows, images, [r.prompt for r in rows])
     res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=cfg.steps, image=cfg, codec=t.codec,
                    generator=torch.Generator().manual_seed(seed))
     return res.delta, float(res.loss.mean())

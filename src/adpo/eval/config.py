@@ -110,7 +110,7 @@ class EvalConfig:
     judge_llm: str | None = None  # the llm judge's local folder or OpenAI-compatible URL
     judge_llm_model: str = "judge"
     check_every: int = 10  # generate from the attack's iterate every N steps (success at any checkpoint)
-    restarts: int = 1  # extra random restarts for behaviours not yet jailbroken
+    restarts: int = 1  # attack attempts (fresh random starts) for behaviours not yet jailbroken
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
     data: DataConfig = field(default_factory=DataConfig)
     pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)

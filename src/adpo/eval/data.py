@@ -47,8 +47,10 @@ def _behaviour_id(meta: dict, i: int) -> str:
 
 def load_harmful(path: str | Path, limit: int | None = None) -> list[Row]:
     rows = load_rows(path, "pairs")[:limit]
-    if any(r.formatted for r in rows):
-        raise ConfigError(f"{path}: evaluation needs plain (conversational) prompts, not chat-formatted strings")
+    bad = next((r for r in rows if r.formatted), None)
+    if bad is not None:
+        raise ConfigError(f"{bad.source}: field 'prompt': evaluation needs a plain or conversational prompt, "
+                          "not a chat-formatted string")
     return [Row(i, r.prompt, open_image(r.image), _behaviour_id(r.meta, i),
                 str(r.meta.get("category", r.meta.get("category_name", ""))), target=r.rejected, refusal=r.chosen,
                 source=r.source, meta=r.meta) for i, r in enumerate(rows)]

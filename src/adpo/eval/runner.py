@@ -40,17 +40,15 @@ def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
     from ..models.adapters import is_adapter, load_base, resolve_run
 
     torch_dtype = getattr(torch, dtype) if dtype else None
-    if spec.adapter is None:
-        model, processor = load_base(spec.model, torch_dtype)
-        return model.eval(), processor
-    path = resolve_run(spec.adapter)
-    if not is_adapter(path):
-        model, processor = load_base(path, torch_dtype)
-        return model.eval(), processor
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = None if spec.adapter is None else resolve_run(spec.adapter)
+    if path is None or not is_adapter(path):
+        model, processor = load_base(path or spec.model, torch_dtype)
+        return model.to(device).eval(), processor
     from peft import PeftModel
 
     base, processor = load_base(spec.model, torch_dtype)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), processor
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().to(device).eval(), processor
 
 
 def _versions() -> dict[str, str]:
@@ -114,7 +112,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
     for sub in subs:
         store = stores.setdefault(sub.task, SampleStore(out / f"samples_{sub.task}.jsonl"))
         chash = config_hash({"params": sub.params, "seed": cfg.seed, "judges": list(status),
-                             "gen": target.gen_kwargs, "kind": sub.kind})
+                             "gen": target.gen_kwargs, "kind": sub.kind, "rows": [r.source for r in sub.rows]})
         pending = [r for r in sub.rows if not store.done(sub.name, r.doc_id, chash)]
         bar = tqdm(total=len(sub.rows), initial=len(sub.rows) - len(pending), desc=f"{spec.label}: {sub.name}",
                    disable=not progress, leave=False)
@@ -123,7 +121,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
             store.append(_records(sub, chunk, sub.run(target, chunk), judges, target, cfg.seed, chash))
             bar.update(len(chunk))
         bar.close()
-        current[sub.name] = store.current(sub.name, chash)
+        current[sub.name] = store.current(sub.name, chash, {r.doc_id for r in sub.rows})
     seconds = time.time() - t0
     res = results_json(spec.label, subs, current, status,
                        {**identity, "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,

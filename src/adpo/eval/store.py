@@ -52,7 +52,8 @@ class SampleStore:
         self.records += records
         self._done |= {self.key(r) for r in records}
 
-    def current(self, subtask: str, chash: str) -> list[dict]:
-        """The records of one subtask at the current settings, in doc order (latest copy wins)."""
-        out = {r["doc_id"]: r for r in self.records if r["subtask"] == subtask and r["config_hash"] == chash}
+    def current(self, subtask: str, chash: str, doc_ids: set[int] | None = None) -> list[dict]:
+        """The records of one subtask at the current settings (and rows), in doc order (latest copy wins)."""
+        out = {r["doc_id"]: r for r in self.records if r["subtask"] == subtask and r["config_hash"] == chash
+               and (doc_ids is None or r["doc_id"] in doc_ids)}
         return [out[k] for k in sorted(out)]

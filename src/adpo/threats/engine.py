@@ -251,7 +251,6 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                     d = torch.randn(shape, generator=generator).to(device) * eps_lat[li] / shape[-1] ** 0.5
                 deltas[li] = project_tokens(d, eps_lat[li])
         adam = None
-        stop = False
         if latent is not None and latent.optimizer == "adam":
             leaves = [d.requires_grad_(True) for d in deltas.values()]
             adam = torch.optim.Adam(leaves, lr=latent.step_size)
@@ -268,13 +267,13 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
             ctx = residual_perturbation(model, deltas, mask) if deltas else nullcontext()
             with ctx:
                 loss = objective(model, overrides)
+            snap = None
             if on_step is not None and (i == steps or (every > 0 and i % every == 0)):
                 snap = AttackResult(loss=loss.detach(), settings={}, prompt_mask=mask,
                                     latent={li: d.detach() for li, d in deltas.items()} or None)
                 if x is not None:
                     snap.x_adv = image_of(x.detach())
                     snap.pixel_values = overrides["pixel_values"].detach()
-                stop = on_step(i, snap)
             if keep_best:
                 with torch.no_grad():
                     cur = loss.detach()
@@ -286,11 +285,16 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                     best_x[better] = x.detach()[better]
                     for li, d in deltas.items():
                         best_d[li][better] = d.detach()[better]
-            if i == steps or stop:
+            if i == steps:
+                loss = loss.detach()  # release the graph before the callback generates
+                if snap is not None:
+                    on_step(i, snap)
                 break
             leaves = ([x] if x is not None else []) + list(deltas.values())
-            grads = torch.autograd.grad(loss.sum(), leaves)
+            grads = torch.autograd.grad(loss.sum(), leaves)  # frees the graph before the callback generates
             grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+            if snap is not None and on_step(i, snap):
+                break
             with torch.no_grad():
                 if x is not None:
                     moved = step(x.detach(), grads[0], image.step_size, image.norm)
