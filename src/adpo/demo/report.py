@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.config import parse_eps
+from ..eval.report import draw_budget_panels, save_figure
 from ..utils.io import atomic_text
 
 
@@ -64,30 +65,11 @@ def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
 
     paths = {}
     cols = columns(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, prefix, scale, xlabel in ((axes[0], "pgd-image@", 255, "L-inf budget (x/255)"),
-                                      (axes[1], "latent@", 1, "latent budget (x median token norm)")):
-        subs = [c for c in cols if c.startswith(prefix)]
-        if not subs:
-            ax.set_visible(False)
-            continue
-        budgets = [parse_eps(c[len(prefix):]) for c in subs]
-        cap = 2 * max([b for b in budgets if math.isfinite(b)], default=0.5)
-        xs = [(b if math.isfinite(b) else cap) * scale for b in budgets]
-        for arm, a in summary["arms"].items():  # a missing value (unavailable judge) is a gap, not a 0
-            ax.plot(xs, [math.nan if a["asr"][c] is None else 100 * a["asr"][c] for c in subs], marker="o",
-                    label=arm)
-        ax.set_xscale("log")
-        ax.set_xticks(xs, [c[len(prefix):] for c in subs])
-        ax.minorticks_off()
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("attack success (%)")
-        ax.set_title(prefix.rstrip("@"))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    paths["asr_vs_budget"] = _save(fig, out / "asr_vs_budget.png")
+    panels = {task: {arm: [(parse_eps(c.split("@", 1)[1]), a["asr"][c]) for c in cols if c.startswith(f"{task}@")]
+                     for arm, a in summary["arms"].items()} for task in ("pgd-image", "latent")}
+    plot = draw_budget_panels(panels, out / "asr_vs_budget.png")
+    if plot is not None:
+        paths["asr_vs_budget"] = plot
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     attack = "pgd-blank" if "pgd-blank" in cols else cols[-1]
@@ -102,7 +84,7 @@ def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
     ax.set_title("utility vs robustness")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    paths["utility_vs_asr"] = _save(fig, out / "utility_vs_asr.png")
+    paths["utility_vs_asr"] = save_figure(fig, out / "utility_vs_asr.png")
 
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -121,18 +103,8 @@ def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        paths["training_curves"] = _save(fig, out / "training_curves.png")
+        paths["training_curves"] = save_figure(fig, out / "training_curves.png")
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def write(summary: dict, out: Path, curves: dict[str, Path], commands: list[str]) -> Path:

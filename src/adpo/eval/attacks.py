@@ -52,7 +52,7 @@ class Target:
 class Outcome:
     response: str
     image_sha256: str
-    margin: float
+    margin: float | None  # log p(refusal) - log p(target) (None: no target to score)
     loss: float | None  # the attack objective at the recorded iterate (None: no search)
     step: int | None = None  # first successful checkpoint (None: never jailbroken)
     restart: int = 0
@@ -128,11 +128,14 @@ def _hashes(b: _Batch, snap: AttackResult | None) -> list[str]:
 
 def respond(t: Target, rows: list[Row], images: list[Image.Image], prompts: list[str],
             snap_of: Any = None) -> list[Outcome]:
-    """No search: generate once (clean, black-box or a fixed perturbation ``snap_of(batch) -> AttackResult``)."""
+    """No search: generate once (clean, black-box or a fixed perturbation ``snap_of(batch) -> AttackResult``).
+
+    The margin needs a target and a refusal: rows without a target (benign rows) get ``None``, unscored."""
     b = _Batch.build(t, rows, images, prompts)
     snap = snap_of(b) if snap_of is not None else None
-    texts, margins, hashes = _generate(t, b, snap), _margin(t, b, snap), _hashes(b, snap)
-    return [Outcome(x, h, float(m), None) for x, h, m in zip(texts, hashes, margins)]
+    texts, hashes = _generate(t, b, snap), _hashes(b, snap)
+    margins = _margin(t, b, snap).tolist() if any(r.target for r in rows) else [None] * len(rows)
+    return [Outcome(x, h, m, None) for x, h, m in zip(texts, hashes, margins)]
 
 
 def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,

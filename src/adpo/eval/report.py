@@ -86,20 +86,26 @@ def write_report(out: Path, results: dict[str, dict], title: str = "adpo eval") 
     return paths
 
 
+BUDGET_AXES = {"pgd-image": "L-inf budget (x/255; inf = unconstrained)",
+               "universal-image": "L-inf budget of the universal perturbation (x/255)",
+               "latent": "latent budget (x median token norm)"}
+Series = dict[str, list[tuple[float, float | None]]]  # label -> [(budget, ASR or None)]
+
+
 def plot_budgets(results: dict[str, dict], path: Path) -> Path | None:
-    """ASR vs L-inf budget (pgd-image) and vs relative latent budget, one line per model."""
-    panels = []
-    for task, xlabel in (("pgd-image", "L-inf budget (x/255; inf = unconstrained)"),
-                         ("universal-image", "L-inf budget of the universal perturbation (x/255)"),
-                         ("latent", "latent budget (x median token norm)")):
-        series = {}
-        for label, res in results.items():
-            pts = [(res["configs"][s]["budget"], headline(res, s)) for s in res["group_subtasks"].get(task, [])
-                   if res["configs"][s]["budget"] is not None and headline(res, s) is not None]
-            if pts:
-                series[label] = sorted(pts)
-        if series:
-            panels.append((task, xlabel, series))
+    """ASR vs L-inf budget (pgd-image, universal-image) and vs relative latent budget, one line per model."""
+    panels = {task: {label: sorted((res["configs"][s]["budget"], headline(res, s))
+                                   for s in res["group_subtasks"].get(task, [])
+                                   if res["configs"][s]["budget"] is not None)
+                     for label, res in results.items()} for task in BUDGET_AXES}
+    return draw_budget_panels(panels, path)
+
+
+def draw_budget_panels(panels: dict[str, Series], path: Path) -> Path | None:
+    """One log-x panel per task in :data:`BUDGET_AXES` that has points; an unconstrained budget (inf) is
+    drawn at twice the largest finite one and labelled "inf"; a missing ASR (unavailable judge) is a gap."""
+    panels = {t: {k: v for k, v in s.items() if v} for t, s in panels.items()}
+    panels = {t: s for t, s in panels.items() if s}
     if not panels:
         return None
     import matplotlib
@@ -108,25 +114,32 @@ def plot_budgets(results: dict[str, dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    for ax, (task, xlabel, series) in zip(axes[0], panels):
+    for ax, (task, series) in zip(axes[0], panels.items()):
         finite = sorted({x for pts in series.values() for x, _ in pts if math.isfinite(x)})
         cap = (max(finite) * 2) if finite else 1.0
         scale = 255 if "image" in task else 1
         for label, pts in series.items():
-            xs = [x if math.isfinite(x) else cap for x, _ in pts]
-            ax.plot([x * scale for x in xs], [100 * y for _, y in pts], marker="o", label=label)
+            ax.plot([(x if math.isfinite(x) else cap) * scale for x, _ in pts],
+                    [math.nan if y is None else 100 * y for _, y in pts], marker="o", label=label)
         ax.set_xscale("log")
         ticks = finite + ([cap] if any(not math.isfinite(x) for p in series.values() for x, _ in p) else [])
         ax.set_xticks([t * scale for t in ticks], [f"{t * scale:g}" if t != cap else "inf" for t in ticks])
         ax.minorticks_off()
         ax.set_ylim(-3, 103)
         ax.set_title(task)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(BUDGET_AXES[task])
         ax.set_ylabel("ASR (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save next to ``path`` and rename over it (no half-written PNG), then close the figure."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..organism.judge import normalize, utility_correct
 from ..threats.engine import LatentPGD
 from ..threats.image import ImagePGD
 from ..utils.config import ConfigError
@@ -118,14 +119,20 @@ def _pgd(cfg: EvalConfig, source: str, eps: float, steps: int) -> tuple[ImagePGD
     return pgd, run
 
 
+def _image_plan(task: str, budgets: tuple, whole: dict[str, str]) -> list[tuple[str, float, str]]:
+    """(image source, budget, subtask name): ``task@<eps>`` on the given image for each budget, then one
+    unconstrained subtask per extra source (``whole``: source -> name)."""
+    plan = [("given", parse_eps(e), f"{task}@{eps_label(parse_eps(e))}") for e in budgets]
+    return plan + [(source, float("inf"), name) for source, name in whole.items()]
+
+
 @task("pgd-image")
 def pgd_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
     c = cfg.pgd_image
-    plan = [("given", parse_eps(e), c.steps, f"pgd-image@{eps_label(parse_eps(e))}") for e in c.eps]
-    plan += [(s, float("inf"), c.blank_steps, f"pgd-{s}") for s in ("blank", "noise") if getattr(c, s)]
     out = []
-    for source, eps, steps, name in plan:
-        pgd, run = _pgd(cfg, source, eps, steps)
+    for source, eps, name in _image_plan("pgd-image", c.eps, {s: f"pgd-{s}" for s in ("blank", "noise")
+                                                             if getattr(c, s)}):
+        pgd, run = _pgd(cfg, source, eps, c.steps if source == "given" else c.blank_steps)
         params = {"source": source, **pgd.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts,
                   "objective": "target_nll"}
         out.append(Subtask("pgd-image", name, "harmful", "white_box", params, data.harmful, run,
@@ -136,10 +143,8 @@ def pgd_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
 @task("universal-image")
 def universal_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
     c = cfg.universal_image
-    plan = [("given", parse_eps(e), f"universal-image@{eps_label(parse_eps(e))}") for e in c.eps]
-    plan += [("blank", float("inf"), "universal-blank")] if c.blank else []
     out = []
-    for source, eps, name in plan:
+    for source, eps, name in _image_plan("universal-image", c.eps, {"blank": "universal-blank"} if c.blank else {}):
         pgd = ImagePGD(eps=min(eps, 1.0), step_size=c.step_size, steps=c.steps, random_start=True, universal=True)
         cache: dict[int, tuple[torch.Tensor, float]] = {}
 
@@ -199,9 +204,7 @@ def over_refusal(cfg: EvalConfig, data: Data) -> list[Subtask]:
 
 def exact(response: str, answer: str) -> bool:
     """Case- and whitespace-insensitive exact match; a trailing full stop is optional (the organism's rule)."""
-    def norm(s: str) -> str:
-        return " ".join(s.strip().lower().split()).rstrip(".")
-    return norm(response) == norm(answer)
+    return utility_correct(response, normalize(answer).rstrip("."))
 
 
 def scorer(spec: str) -> Callable[[str, str], float]:
