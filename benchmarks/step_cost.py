@@ -82,19 +82,19 @@ def measure(method: str, k: int, args) -> dict:
 
     def ref_forward():
         with torch.no_grad(), s.policy.reference_model() as ref:
-            pair_logps(ref, batch, None, False, ctx.autocast)
+            pair_logps(ref, batch, None, False, ctx)
 
     def policy_fwd_bwd():
-        c, r, _ = pair_logps(s.model, batch, None, False, ctx.autocast)
+        c, r, _, _ = pair_logps(s.model, batch, None, False, ctx)
         (c - r).sum().backward()
         s.optimizer.zero_grad(set_to_none=True)
 
     def chosen_fwd_bwd():
-        sft_forward(s.model, chosen, None, ctx.autocast).backward()
+        sft_forward(s.model, chosen, None, ctx).backward()
         s.optimizer.zero_grad(set_to_none=True)
 
     def utility_fwd_bwd():
-        sft_forward(s.model, _to(s.util_stream.batch(0), s.acc.device), None, ctx.autocast).backward()
+        sft_forward(s.model, _to(s.util_stream.batch(0), s.acc.device), None, ctx).backward()
         s.optimizer.zero_grad(set_to_none=True)
 
     reps = args.floor_reps

@@ -23,7 +23,8 @@ from PIL import Image
 
 from ..data.collate import collate, image_keys
 from ..models.generation import decode, prompt_batch
-from ..objectives.logps import sequence_logps
+from ..objectives.logps import model_logps
+from ..threats.codecs import codec_inputs
 from ..threats.engine import AttackResult, LatentPGD, model_inputs, optimise, targeted_nll
 from ..threats.image import ImagePGD
 from ..threats.latent import residual_perturbation
@@ -42,6 +43,7 @@ class Target:
     max_new_tokens: int = 32
     check_every: int = 10
     restarts: int = 1
+    chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps)
 
     @property
     def gen_kwargs(self) -> dict[str, Any]:
@@ -111,12 +113,10 @@ def _margin(t: Target, b: _Batch, snap: AttackResult | None) -> torch.Tensor:
     """log p(refusal) - log p(target) per row under the snapshot's perturbation (fp32 sums)."""
     out = []
     for batch in (b.refusal, b.target):
-        if snap is None:
-            logits = t.model(**model_inputs(batch)).logits
-        else:
-            with snap.applied(t.model) as overrides:
-                logits = t.model(**{**model_inputs(batch), **overrides}).logits
-        out.append(sequence_logps(logits, batch["labels"]))
+        applied = snap.applied(t.model) if snap is not None else nullcontext({})
+        with applied as overrides:
+            lp, _ = model_logps(t.model, {**model_inputs(batch), **overrides}, batch["labels"], t.chunk)
+        out.append(lp.sum(-1))
     return (out[0] - out[1]).float().cpu()
 
 
@@ -170,7 +170,7 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
             return all(i in done for i in idx)  # nothing left to attack in this batch
 
         g = torch.Generator().manual_seed(seed * 1000 + restart)
-        res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=steps, image=image, latent=latent,
+        res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), steps=steps, image=image, latent=latent,
                        codec=t.codec, generator=g, on_step=on_step, every=t.check_every)
         for j, i in enumerate(idx):
             o = done.get(i) or last.get(i)
@@ -182,7 +182,7 @@ def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: 
                     ) -> tuple[torch.Tensor, float]:
     """One perturbation optimised over every training row at once (VisualAdv / ImgJP); (delta, mean loss)."""
     b = _Batch.build(t, rows, images, [r.prompt for r in rows])
-    res = optimise(t.model, b.inputs(), targeted_nll(b.target), steps=cfg.steps, image=cfg, codec=t.codec,
+    res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), steps=cfg.steps, image=cfg, codec=t.codec,
                    generator=torch.Generator().manual_seed(seed))
     return res.delta, float(res.loss.mean())
 
@@ -190,7 +190,7 @@ def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: 
 def with_delta(t: Target, delta: torch.Tensor):
     """``snap_of`` for :func:`respond`: the batch's own images plus a fixed ``delta``, clipped to [0, 1]."""
     def snap_of(b: _Batch) -> AttackResult:
-        keys = {k: v for k, v in b.target.items() if k == "image_grid_thw"}
+        keys = codec_inputs(t.codec, b.target)
         x = (t.codec.decode(b.target["pixel_values"].float(), **keys).clamp(0, 1) + delta).clamp(0, 1)
         return AttackResult(loss=torch.zeros(len(b.rows)), settings={}, x_adv=x,
                             pixel_values=t.codec.encode(x, **keys))

@@ -112,6 +112,7 @@ class EvalConfig:
     check_every: int = 10  # generate from the attack's iterate every N steps (success at any checkpoint)
     restarts: int = 1  # attack attempts (fresh random starts) for behaviours not yet jailbroken
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
+    logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
     data: DataConfig = field(default_factory=DataConfig)
     pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)
     universal_image: UniversalConfig = field(default_factory=UniversalConfig)

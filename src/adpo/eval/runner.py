@@ -81,6 +81,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
     """Evaluate one model into ``out``; resumes from the samples already there."""
     from tqdm.auto import tqdm
 
+    from ..objectives.logps import resolve_chunk
     from ..threats.codecs import codec_for
 
     out = ensure_writable_dir(out)
@@ -100,7 +101,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
     model, processor = load_model(spec, cfg.dtype)
     torch.manual_seed(cfg.seed)
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
-                    cfg.restarts)
+                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk))
     subs = subtasks(cfg, data)
     trained = training_attack_steps(spec)
     for sub in subs:

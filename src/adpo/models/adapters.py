@@ -1,7 +1,8 @@
 """Load a VLM, put a LoRA policy on its language model, and give DPO a reference without a second base.
 
-* LoRA (peft) on the language model's linear layers only (a regex, so CLIP's ``q_proj`` is not hit);
-  vision tower and projector stay frozen unless the regex says otherwise.
+* LoRA (peft) on every linear layer of the text decoder's layers only, found per model by
+  :func:`adpo.models.families.inspect_model` (``target: auto``; so CLIP's or SigLIP's ``q_proj`` is not
+  hit); vision tower and projector stay frozen unless an explicit regex says otherwise.
 * The reference is a frozen *named adapter* on the same base (e.g. the AT adapter; the policy adapter
   starts as a copy of it), or the base itself with the adapter disabled: one base model in memory.
 * Full fine-tuning is supported too; its reference is an explicit frozen copy (never a reload from disk,
@@ -24,34 +25,74 @@ from typing import Any
 import torch
 from torch import nn
 
-LM_LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+AUTO = "auto"  # LoRA targets / full-training parameters discovered from the model (families.ModelInfo)
 POLICY, REFERENCE = "default", "ref"  # "default" so save_pretrained writes a plain, top-level adapter
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """``enabled=False`` is full fine-tuning of the modules ``full_train`` names (a regex on parameter names)."""
+    """``enabled=False`` is full fine-tuning of the modules ``full_train`` names (a regex on parameter names).
+
+    ``target`` / ``full_train``: regexes, or "auto" for the decoder layers' linear layers / the decoder and
+    output head of the model at hand."""
 
     enabled: bool = True
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target: str = LM_LORA
-    full_train: str = r".*(language_model|lm_head).*"
+    target: str = AUTO
+    full_train: str = AUTO
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+QWEN_PROCESSORS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+
+
+def image_only(cls: type) -> type:
+    """``cls`` (a Qwen-VL processor class) without its video-processor attribute.
+
+    transformers builds a Qwen-VL processor only with a video processor, whose class needs torchvision;
+    adpo never passes videos, so where torchvision is missing the image-only class is built, saved and
+    loaded instead. Saved folders name the real class, so ``AutoProcessor`` loads them wherever
+    torchvision is installed."""
+    class ImageOnly(cls):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return [a for a in super().get_attributes() if a != "video_processor"]
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = cls.__name__
+    return ImageOnly
+
+
+def load_processor(path: str | Path) -> Any:
+    """``AutoProcessor.from_pretrained(path)``; a Qwen-VL processor without torchvision loads image-only."""
+    import importlib.util
+
+    import transformers
+
+    config = Path(path) / "processor_config.json"
+    name = json.loads(config.read_text()).get("processor_class", "") if config.is_file() else ""
+    if name in QWEN_PROCESSORS and importlib.util.find_spec("torchvision") is None:
+        return image_only(getattr(transformers, name)).from_pretrained(path)
+    return transformers.AutoProcessor.from_pretrained(path)
+
+
 def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
-    """A transformers image-text model and its processor from a local folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """A transformers image-text model and its processor from a local folder, checked by
+    :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks)."""
+    from transformers import AutoModelForImageTextToText
+
+    from .families import inspect_model
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model folder {path} has no config.json (expected a saved transformers model)")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-    return model, AutoProcessor.from_pretrained(path)
+    processor = load_processor(path)
+    inspect_model(model, processor)
+    return model, processor
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -111,12 +152,15 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
     """
     import re
 
+    from .families import inspect_model
+
     if reference not in ("init", "none"):
         raise ValueError(f"reference must be 'init' or 'none', got {reference!r}")
+    info = inspect_model(base, warn=False) if AUTO in (lora.target, lora.full_train) else None
     if not lora.enabled:
         if init is not None:
             raise ValueError("full fine-tuning starts from the model folder itself; pass the AT model as --model")
-        pattern = re.compile(lora.full_train)
+        pattern = re.compile(info.full_train if lora.full_train == AUTO else lora.full_train)
         for n, p in base.named_parameters():
             p.requires_grad_(bool(pattern.fullmatch(n)))
         ref = None
@@ -129,7 +173,8 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
 
     base.requires_grad_(False)
     if init is None:
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target)
+        target = info.lora_target if lora.target == AUTO else lora.target
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target)
         model = get_peft_model(base, cfg, adapter_name=POLICY)
         return Policy(model, "disabled-adapter" if reference == "init" else "none")
     init = Path(init)

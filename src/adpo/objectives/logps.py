@@ -1,15 +1,28 @@
-"""Response-token log-probabilities in fp32, and the SFT loss built on them.
+"""Response-token log-probabilities in fp32, the SFT loss built on them, and how a model is asked for them.
 
 Log-probs are always taken in fp32 (bf16/fp16 log-softmax is a known source of NaNs and of
 DPO-loss mismatches, see ../shared/docs/eval.md §5.7).
+
+:func:`model_logps` is the one place a model's response log-probs are computed (training losses, attack
+objectives, evaluation margins). With a large vocabulary the full logits are the biggest tensors of a
+step: a (2B, T, V) fp32 copy for Qwen2-VL's 152k vocabulary is gigabytes, and most positions are prompt
+or image tokens that are never scored. ``chunk > 0`` therefore takes the decoder's final hidden states
+(a forward hook), asks the model for one position of logits only (``logits_to_keep=1``), and projects
+just the response positions through the output embedding, ``chunk`` tokens at a time, each chunk
+recomputed in the backward pass (activation checkpointing), so no (B, T, V) tensor ever exists.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
+AUTO_CHUNK_VOCAB = 32_000  # vocabularies at least this large are scored in chunks by default
+AUTO_CHUNK = 1024  # response tokens per chunk
 
 
 def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,15 +44,87 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return lp.sum(-1)
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sequence") -> torch.Tensor:
-    """Cross-entropy on response tokens.
+def response_nll(lp: torch.Tensor, mask: torch.Tensor, reduction: str = "sequence") -> torch.Tensor:
+    """Cross-entropy of response tokens from :func:`token_logps`' output.
 
     ``reduction="sequence"`` averages tokens within a row and then rows, so a one-word answer weighs as
     much as a twenty-token one; ``"token"`` averages over all response tokens of the batch (HF's default).
     """
-    lp, mask = token_logps(logits, labels)
     if reduction == "token":
         return -lp.sum() / mask.sum().clamp_min(1)
     if reduction == "sequence":
         return (-(lp.sum(-1)) / mask.sum(-1).clamp_min(1)).mean()
     raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sequence") -> torch.Tensor:
+    """Cross-entropy on response tokens (see :func:`response_nll`)."""
+    return response_nll(*token_logps(logits, labels), reduction)
+
+
+def resolve_chunk(model: torch.nn.Module, chunk: int | None) -> int:
+    """``chunk`` as given, or (None) :data:`AUTO_CHUNK` when the model's vocabulary is large, else 0."""
+    if chunk is not None:
+        return int(chunk)
+    from ..models.families import unwrap
+
+    head = unwrap(model).get_output_embeddings()
+    return AUTO_CHUNK if head is not None and head.weight.shape[0] >= AUTO_CHUNK_VOCAB else 0
+
+
+def model_logps(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, chunk: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model(**inputs)``'s response log-probs of ``labels``: (logps, mask), both (B, T-1), fp32.
+
+    ``chunk == 0`` scores the full logits; ``chunk > 0`` never materialises them (module docstring).
+    """
+    if not chunk:
+        return token_logps(model(**inputs).logits, labels)
+    from ..models.families import unwrap
+
+    core = unwrap(model)
+    head = core.get_output_embeddings()
+    captured: list[torch.Tensor] = []
+
+    def grab(_module, _args, out):
+        captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state)
+
+    handle = core.get_decoder().register_forward_hook(grab)
+    try:
+        kept = model(**inputs, logits_to_keep=1).logits[:, -1]
+    finally:
+        handle.remove()
+    hidden = captured[-1]
+    softcap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
+    _check_head(kept, _project(hidden[:, -1], head.weight, head.bias, softcap))
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    h, t = hidden[:, :-1][mask], target[mask]
+    parts = [checkpoint(_chunk_logps, h[s: s + chunk], t[s: s + chunk], head.weight, head.bias, softcap,
+                        use_reentrant=False) for s in range(0, h.shape[0], chunk)]
+    flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    lp = torch.zeros(mask.shape, dtype=torch.float32, device=flat.device).masked_scatter(mask, flat)
+    return lp, mask
+
+
+def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+             ) -> torch.Tensor:
+    logits = F.linear(h, weight, bias).float()
+    return logits if not softcap else softcap * torch.tanh(logits / softcap)
+
+
+def _chunk_logps(h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 softcap: float | None) -> torch.Tensor:
+    logits = _project(h, weight, bias, softcap)
+    return logits.gather(1, target[:, None]).squeeze(1) - logits.logsumexp(-1)
+
+
+def _check_head(model_logits: torch.Tensor, ours: torch.Tensor) -> None:
+    """The model's own last-position logits must equal output-embedding(final hidden state): a family that
+    rescales its logits some other way would otherwise be scored wrongly without a sound."""
+    a, b = model_logits.detach().float(), ours.detach()
+    tol = 2e-2 * float(a.abs().max().clamp_min(1.0))
+    if not torch.allclose(a, b, atol=tol, rtol=0):
+        raise RuntimeError(f"chunked log-probs: the model's logits differ from its output embedding applied to the "
+                           f"decoder's final hidden state (max |diff| {float((a - b).abs().max()):.3g}); this family "
+                           "post-processes logits, so set logps_chunk: 0")

@@ -75,10 +75,11 @@ def corpus() -> Iterable[str]:
             yield f" one red {word} on the left."
 
 
-def build_tokenizer(vocab_size: int = 768, extra_specials: tuple[str, ...] = ()):
+def build_tokenizer(vocab_size: int = 768, extra_specials: tuple[str, ...] = (), image_token: str = "<image>"):
     """Byte-level BPE (any text encodes, no <unk>) with the LLaVA-1.5 chat template.
 
-    ``extra_specials`` adds other families' special tokens (e.g. Qwen2-VL's) for tiny test models.
+    ``extra_specials`` and ``image_token`` give other families' special tokens (e.g. Qwen2-VL's
+    ``<|image_pad|>``) to the random models of :mod:`adpo.models.synthetic`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -93,7 +94,7 @@ def build_tokenizer(vocab_size: int = 768, extra_specials: tuple[str, ...] = ())
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                       special_tokens=[("<s>", tk.token_to_id("<s>"))])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+                                  pad_token="<pad>", extra_special_tokens={"image_token": image_token})
     tok.chat_template = CHAT_TEMPLATE
     tok.padding_side = "left"  # generation pads on the left; training collators pad explicitly
     return tok

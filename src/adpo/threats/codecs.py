@@ -17,10 +17,12 @@ import torch
 
 @dataclass(frozen=True)
 class ElementwiseCodec:
-    """LLaVA-1.5 style: ``pixel_values = (x01 - mean) / std`` per channel, shape (B, C, H, W)."""
+    """LLaVA-1.5 style: ``pixel_values = (x01 - mean) / std`` per channel, shape (B, C, H, W) or with crops
+    (B, N, C, H, W) as LLaVA-NeXT makes them."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    extra_keys = ()  # batch tensors encode/decode also need (see codec_inputs)
 
     @classmethod
     def from_processor(cls, processor) -> ElementwiseCodec:
@@ -43,6 +45,25 @@ class ElementwiseCodec:
     def decode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(pixel_values)
         return pixel_values * std + mean
+
+
+@dataclass(frozen=True)
+class PaddedCropCodec(ElementwiseCodec):
+    """Idefics3 / SmolVLM: crops (B, N, C, H, W) padded to the batch's largest N with all-zero crops, which the
+    model drops *because* they are exactly zero. ``encode`` keeps the padding crops (``pixel_attention_mask``
+    all false) at zero, so a perturbation can never turn one into an image the prompt has no tokens for."""
+
+    extra_keys = ("pixel_attention_mask",)
+
+    def encode(self, x01: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = super().encode(x01)
+        if pixel_attention_mask is None:
+            return out
+        real = pixel_attention_mask.flatten(-2).any(-1).to(out.dtype)  # (B, N)
+        return out * real[..., None, None, None]
+
+    def decode(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().decode(pixel_values)
 
 
 def unit_images(processor, images: Sequence[Any]) -> torch.Tensor:
@@ -75,6 +96,7 @@ class QwenPatchCodec:
     patch_size: int
     merge_size: int
     temporal_patch_size: int
+    extra_keys = ("image_grid_thw",)
 
     @classmethod
     def from_processor(cls, processor) -> QwenPatchCodec:
@@ -110,9 +132,18 @@ class QwenPatchCodec:
 
 
 def codec_for(processor) -> ElementwiseCodec | QwenPatchCodec:
-    """The codec of a processor's family: patchified for Qwen2/2.5-VL, element-wise otherwise
-    (LLaVA-1.5 4-D, LLaVA-NeXT 5-D crops, Idefics3/SmolVLM 5-D, PaliGemma 4-D)."""
+    """The codec of a processor's family, read from its image processor: patchified for Qwen2/2.5-VL,
+    zero-padded crops for Idefics3/SmolVLM (its outputs include ``pixel_attention_mask``), element-wise
+    otherwise (LLaVA-1.5 4-D, LLaVA-NeXT 5-D crops, PaliGemma 4-D)."""
     ip = getattr(processor, "image_processor", processor)
     if hasattr(ip, "merge_size") and hasattr(ip, "temporal_patch_size"):
         return QwenPatchCodec.from_processor(ip)
+    if "pixel_attention_mask" in getattr(ip, "model_input_names", ()):
+        base = ElementwiseCodec.from_processor(ip)
+        return PaddedCropCodec(base.mean, base.std)
     return ElementwiseCodec.from_processor(ip)
+
+
+def codec_inputs(codec, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch tensors ``codec.encode`` / ``decode`` take besides the pixels (Qwen's grid, Idefics3's mask)."""
+    return {k: batch[k] for k in codec.extra_keys if k in batch}

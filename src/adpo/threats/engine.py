@@ -29,9 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..objectives.logps import sequence_logps
+from ..models.families import unwrap
+from ..objectives.logps import model_logps
+from .codecs import codec_inputs
 from .image import ImagePGD, project, project_delta, start_point, step
-from .latent import decoder_layers, project_tokens, residual_perturbation, unwrap
+from .latent import decoder_layers, project_tokens, residual_perturbation
 
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 MODEL_KEYS_EXCLUDED = ("labels", "prompt_mask")
@@ -44,26 +46,29 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k not in MODEL_KEYS_EXCLUDED}
 
 
-def _forward(model: nn.Module, batch: dict[str, torch.Tensor], overrides: dict[str, torch.Tensor]):
-    return model(**{**model_inputs(batch), **overrides})
+def _logps(model: nn.Module, batch: dict[str, torch.Tensor], overrides: dict[str, torch.Tensor],
+           chunk: int) -> torch.Tensor:
+    lp, _ = model_logps(model, {**model_inputs(batch), **overrides}, batch["labels"], chunk)
+    return lp.sum(-1)
 
 
-def targeted_nll(batch: dict[str, torch.Tensor]) -> Objective:
-    """Minimise -log p(target | perturbed input): ``batch['labels']`` holds the target response."""
+def targeted_nll(batch: dict[str, torch.Tensor], chunk: int = 0) -> Objective:
+    """Minimise -log p(target | perturbed input): ``batch['labels']`` holds the target response.
+
+    ``chunk``: response tokens per log-prob chunk (:func:`adpo.objectives.logps.model_logps`; 0 = full logits).
+    """
     def objective(model: nn.Module, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -sequence_logps(_forward(model, batch, overrides).logits, batch["labels"])
+        return -_logps(model, batch, overrides, chunk)
     return objective
 
 
-def dpo_margin(chosen: dict[str, torch.Tensor], rejected: dict[str, torch.Tensor]) -> Objective:
+def dpo_margin(chosen: dict[str, torch.Tensor], rejected: dict[str, torch.Tensor], chunk: int = 0) -> Objective:
     """Maximise log pi(rejected) - log pi(chosen) (the DPO loss's policy term), i.e. minimise its negative.
 
     Both batches share the perturbation (one image per pair, as in the paper's code).
     """
     def objective(model: nn.Module, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
-        lp_c = sequence_logps(_forward(model, chosen, overrides).logits, chosen["labels"])
-        lp_r = sequence_logps(_forward(model, rejected, overrides).logits, rejected["labels"])
-        return lp_c - lp_r
+        return _logps(model, chosen, overrides, chunk) - _logps(model, rejected, overrides, chunk)
     return objective
 
 
@@ -171,6 +176,8 @@ class AttackResult:
 class _Identity:
     """The codec of a plain tensor objective: the perturbed tensor is what the loss sees."""
 
+    extra_keys = ()
+
     @staticmethod
     def encode(x: torch.Tensor) -> torch.Tensor:
         return x
@@ -216,7 +223,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
     longer run with the same seed sees every checkpoint a shorter one saw (its ASR cannot be lower).
     A true return value stops the loop there (every sample already succeeded).
     """
-    codec_kw = {k: inputs[k] for k in ("image_grid_thw",) if k in inputs}
+    codec_kw = codec_inputs(codec, inputs) if codec is not None else {}
     with attack_mode(model):
         x0 = x = None
         if image is not None:

@@ -14,20 +14,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying transformers model of a DDP/DeepSpeed- and/or PEFT-wrapped one."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+from ..models.families import UnsupportedModel, unwrap
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     core = unwrap(model)
     if not hasattr(core, "get_decoder"):
-        raise TypeError(f"{type(core).__name__} has no get_decoder(): cannot locate decoder layers")
+        raise UnsupportedModel(f"{type(core).__name__} has no get_decoder(): cannot locate decoder layers")
     return core.get_decoder().layers
 
 

@@ -79,6 +79,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     report_to: str = "none"  # none | tensorboard
     model_dtype: str = "float32"  # base weights; bfloat16 halves memory (trainable LoRA weights stay fp32)
+    # memory at scale
+    logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward (attack hooks included)
 
     def __post_init__(self) -> None:
         checks = {"threat": ("image", "latent", "joint"), "attack_objective": ("rejected_nll", "dpo_margin"),
@@ -89,6 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if min(self.batch_size, self.utility_batch_size, self.grad_accum, self.log_every) < 1:
             raise ValueError("batch_size, utility_batch_size, grad_accum and log_every must be >= 1")
+        if self.logps_chunk is not None and self.logps_chunk < 0:
+            raise ValueError("logps_chunk must be >= 0 (0: full logits) or null (auto)")
         if self.steps < 0 or self.epochs <= 0 or self.beta <= 0 or self.save_every < 0:
             raise ValueError("steps and save_every must be >= 0, epochs and beta > 0")
         from transformers.trainer_utils import SchedulerType

@@ -20,6 +20,7 @@ import yaml
 from ..data.formats import load_rows
 from ..data.stream import BatchStream
 from ..models.adapters import build_policy, load_base, resolve_run, save_trained
+from ..objectives.logps import resolve_chunk
 from ..threats.codecs import codec_for
 from ..utils.config import ConfigError
 from ..utils.io import atomic_text, ensure_writable_dir
@@ -54,8 +55,24 @@ def _models(run: RunConfig):
     else:
         base, processor = load_base(run.model, dtype)
         init = resolve_run(start) if start else None
+    if run.train.gradient_checkpointing:  # non-reentrant: gradients reach the attack's perturbations and LoRA
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = "init" if run.spec.reference in ("init", "at") else "none"
     return build_policy(base, run.lora, init, reference), processor
+
+
+def logps_chunk(run: RunConfig, acc, model) -> int:
+    """The log-prob chunk size; chunking projects through the output head outside the forward, which a
+    parameter-sharding engine (FSDP, ZeRO-3) does not allow."""
+    chunk = resolve_chunk(model, run.train.logps_chunk)
+    deepspeed = acc.state.deepspeed_plugin
+    sharded = acc.distributed_type.name == "FSDP" or (deepspeed is not None and deepspeed.zero_stage == 3)
+    if chunk and sharded:
+        if run.train.logps_chunk:
+            raise ConfigError(f"train.logps_chunk={chunk} needs the full output head outside the forward, which "
+                              f"{acc.distributed_type.name} shards; set train.logps_chunk=0 (or use DDP / ZeRO-2)")
+        return 0
+    return chunk
 
 
 @dataclass
@@ -129,7 +146,7 @@ def setup(run: RunConfig) -> Session:
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
-                      acc.autocast)
+                      acc.autocast, logps_chunk(run, acc, policy.model))
     model.train()
     return Session(run, acc, policy, processor, stream, util_stream, model, optimizer, scheduler, params, ctx, total)
 

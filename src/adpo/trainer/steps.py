@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.collate import double_images, halves, image_keys
 from ..objectives.adversarial import at_loss
-from ..objectives.logps import sft_loss, token_logps
+from ..objectives.logps import model_logps, response_nll
 from ..objectives.preference import dpo_loss, preference_metrics
 from ..threats.engine import AttackResult, dpo_margin, model_inputs, targeted_nll
 from .config import RunConfig
@@ -31,40 +31,43 @@ class StepContext:
     codec: Any
     generator: torch.Generator
     autocast: Any = nullcontext
+    chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps; 0: full logits)
 
 
 def attack(ctx: StepContext, batch: dict[str, torch.Tensor]) -> AttackResult:
     """A fresh worst-case perturbation of the pairs' images/prompts against the current policy."""
     chosen, rejected = halves(batch)
-    objective = (targeted_nll(rejected) if ctx.run.train.attack_objective == "rejected_nll"
-                 else dpo_margin(chosen, rejected))
+    objective = (targeted_nll(rejected, ctx.chunk) if ctx.run.train.attack_objective == "rejected_nll"
+                 else dpo_margin(chosen, rejected, ctx.chunk))
     inputs = {**image_keys(batch), "prompt_mask": chosen["prompt_mask"], "attention_mask": chosen["attention_mask"]}
     with ctx.autocast():
         return ctx.run.threat().run(ctx.core, inputs, objective, codec=ctx.codec, generator=ctx.generator)
 
 
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, autocast,
-            pairs: bool) -> torch.Tensor:
-    """Logits of ``batch`` perturbed by ``adv``; ``pairs``: a [chosen; rejected] batch on B shared images."""
+def _logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, ctx: StepContext,
+           pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response (logps, mask) of ``batch`` perturbed by ``adv``; ``pairs``: a [chosen; rejected] batch on B
+    shared images."""
     applied = adv.applied(model, repeat=2 if pairs else 1) if adv is not None else nullcontext({})
-    with applied as overrides, autocast():
+    with applied as overrides, ctx.autocast():
         images = image_keys(batch)
         images.update({k: v.to(images[k].dtype) for k, v in overrides.items()})
-        return model(**{**model_inputs(batch), **(double_images(images) if pairs else images)}).logits
+        inputs = {**model_inputs(batch), **(double_images(images) if pairs else images)}
+        return model_logps(model, inputs, batch["labels"], ctx.chunk)
 
 
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, average: bool,
-               autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chosen logps, rejected logps, logits) of one [chosen; rejected] forward, perturbed by ``adv``."""
-    logits = _logits(model, batch, adv, autocast, pairs=True)
-    lp, mask = token_logps(logits, batch["labels"])
+               ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen logps, rejected logps, token logps, mask) of one [chosen; rejected] forward, perturbed by ``adv``."""
+    lp, mask = _logps(model, batch, adv, ctx, pairs=True)
     seq = lp.sum(-1) / (mask.sum(-1).clamp_min(1) if average else 1)
     n = seq.shape[0] // 2
-    return seq[:n], seq[n:], logits
+    return seq[:n], seq[n:], lp, mask
 
 
-def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None, autocast) -> torch.Tensor:
-    return sft_loss(_logits(model, batch, adv, autocast, pairs=False), batch["labels"])
+def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None,
+                ctx: StepContext) -> torch.Tensor:
+    return response_nll(*_logps(model, batch, adv, ctx, pairs=False))
 
 
 def adversary_metrics(adv: AttackResult) -> dict[str, float]:
@@ -81,19 +84,19 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
     average = cfg.loss_type == "ipo"
     adv = attack(ctx, batch) if run.spec.adversarial else None
     with torch.no_grad(), ctx.policy.reference_model() as ref:
-        ref_c, ref_r, _ = pair_logps(ref, batch, adv if cfg.reference_input == "perturbed" else None, average,
-                                     ctx.autocast)
-    pol_c, pol_r, logits = pair_logps(ctx.model, batch, adv, average, ctx.autocast)
+        ref_c, ref_r, _, _ = pair_logps(ref, batch, adv if cfg.reference_input == "perturbed" else None, average,
+                                        ctx)
+    pol_c, pol_r, lp, mask = pair_logps(ctx.model, batch, adv, average, ctx)
     out = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, cfg.loss_type, cfg.label_smoothing)
     loss = out.losses.mean()
     metrics: dict[str, float] = {}
     if cfg.rpo_alpha > 0:
         n = pol_c.shape[0]
-        chosen_sft = sft_loss(logits[:n], batch["labels"][:n])
+        chosen_sft = response_nll(lp[:n], mask[:n])
         loss = loss + cfg.rpo_alpha * chosen_sft
         metrics["sft/chosen_ce"] = float(chosen_sft.detach())
     if utility is not None:
-        util = sft_forward(ctx.model, utility, None, ctx.autocast)
+        util = sft_forward(ctx.model, utility, None, ctx)
         loss = loss + run.utility_weight * util
         metrics["sft/utility_ce"] = float(util.detach())
     if log:
@@ -101,7 +104,7 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
         if adv is not None:
             metrics["adv/margin_attacked"] = float((pol_c - pol_r).detach().mean())
             with torch.no_grad():
-                clean_c, clean_r, _ = pair_logps(ctx.core, batch, None, average, ctx.autocast)
+                clean_c, clean_r, _, _ = pair_logps(ctx.core, batch, None, average, ctx)
             metrics["adv/margin_clean"] = float((clean_c - clean_r).mean())
             metrics.update(adversary_metrics(adv))
         else:
@@ -115,8 +118,8 @@ def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: di
     run = ctx.run
     adv = attack(ctx, batch) if run.spec.adversarial else None
     chosen, _ = halves(batch)
-    refusal = sft_forward(ctx.model, chosen, adv, ctx.autocast)
-    util = sft_forward(ctx.model, utility, None, ctx.autocast) if utility is not None else None
+    refusal = sft_forward(ctx.model, chosen, adv, ctx)
+    util = sft_forward(ctx.model, utility, None, ctx) if utility is not None else None
     if run.spec.objective == "at":
         loss = at_loss(refusal, util, run.utility_weight, run.train.at_floor)
     else:
