@@ -79,7 +79,8 @@ def test_adpo_step_adapter_round_trip_and_attack(family_dir, export_dir, tmp_pat
 
     base, processor = load_base(path)
     rows = load_rows(str(export_dir / "sft_train.jsonl"), "sft")[:2]
-    batch = collate(processor, [open_image(r.image) for r in rows], [r.prompt for r in rows], [r.response for r in rows])
+    batch = collate(processor, [open_image(r.image) for r in rows], [r.prompt for r in rows],
+                    [r.response for r in rows])
     kw = {**model_inputs(batch), **image_keys(batch)}
     with torch.no_grad():
         plain = base(**kw).logits
@@ -115,8 +116,12 @@ def test_text_only_model_is_refused_with_what_it_lacks():
 
 def test_processor_without_chat_template_is_refused():
     """PaliGemma's processor has no chat template (it is a prefix-LM prompted with raw text)."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, \
-        SiglipImageProcessorPil
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
 
     from adpo.organism.build import build_tokenizer
 

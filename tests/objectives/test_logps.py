@@ -30,10 +30,11 @@ def test_sft_loss_reductions():
 # ---- chunked log-probs (large vocabularies) -----------------------------------------------------------
 
 def _family_batch(family: str):
+    from tests.threats.conftest import images
+
     from adpo.data.collate import collate_pairs, double_images, image_keys
     from adpo.models import synthetic
     from adpo.threats.engine import model_inputs
-    from tests.threats.conftest import images
 
     model, processor = synthetic.build(family)
     b = collate_pairs(processor, images(2, (32, 32)), ["what is it?", "how do i fix the car?"],

@@ -58,3 +58,24 @@ def test_elementwise_families_round_trip(name, kwargs):
     unit = ip(imgs, return_tensors="pt", do_normalize=False)["pixel_values"]
     assert torch.allclose(codec.decode(pv), unit, atol=1e-6)  # decode is the processor's own [0,1] image
     assert torch.allclose(codec.encode(codec.decode(pv)), pv, atol=1e-6)
+
+
+def test_idefics3_padding_crops_stay_zero_under_perturbation():
+    """Idefics3 drops crops that are exactly zero; a perturbed padding crop would become an extra image."""
+    from transformers import Idefics3ImageProcessorPil
+
+    from adpo.threats.codecs import PaddedCropCodec, codec_inputs
+
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+                                   do_image_splitting=True)
+    out = ip([images(1, (64, 64)), images(1, (64, 20))], return_tensors="pt")  # 5 crops vs fewer + padding
+    codec = codec_for(ip)
+    assert isinstance(codec, PaddedCropCodec)
+    kw = codec_inputs(codec, out)
+    padding = ~out["pixel_attention_mask"].flatten(-2).any(-1)
+    assert padding.any()
+    x = codec.decode(out["pixel_values"], **kw)
+    moved = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    enc = codec.encode(moved, **kw)
+    assert (enc[padding] == 0).all() and (enc[~padding] != 0).any()
+    assert torch.allclose(codec.encode(x, **kw), out["pixel_values"], atol=1e-6)

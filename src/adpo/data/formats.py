@@ -285,16 +285,21 @@ def _image(rec: dict, where: str, root: Path | None) -> Any:
     return value
 
 
-def open_image(value: Any):
-    """A PIL RGB image from a PIL image, a path, or a ``{"bytes": ...}`` record."""
+def open_image(value: Any, size: int | None = None):
+    """A PIL RGB image from a PIL image, a path, or a ``{"bytes": ...}`` record; resized to ``size``×``size``
+    when given (dynamic-resolution families such as Qwen2-VL need one patch grid per attacked batch)."""
     import io
 
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict) and value.get("bytes") is not None:
-        return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-    with Image.open(value) as im:
-        return im.convert("RGB")
+        image = value.convert("RGB")
+    elif isinstance(value, dict) and value.get("bytes") is not None:
+        image = Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+    else:
+        with Image.open(value) as im:
+            image = im.convert("RGB")
+    if size and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return image
 

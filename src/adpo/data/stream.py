@@ -29,6 +29,7 @@ class BatchStream:
     max_length: int | None = None
     rank: int = 0
     world_size: int = 1
+    image_size: int | None = None  # resize images to a square of this side first (data.formats.open_image)
 
     def __post_init__(self) -> None:
         self._perms: dict[int, np.ndarray] = {}
@@ -49,7 +50,7 @@ class BatchStream:
         """Decoded images are kept for small datasets (the organism's are re-read every epoch)."""
         if i in self._images:
             return self._images[i]
-        image = open_image(self.rows[i].image)
+        image = open_image(self.rows[i].image, self.image_size)
         if len(self.rows) <= IMAGE_CACHE_ROWS:
             self._images[i] = image
         return image

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.collate import collate, image_keys
+from ..data.formats import open_image
 from ..models.generation import decode, prompt_batch
 from ..objectives.logps import model_logps
 from ..threats.codecs import codec_inputs
@@ -44,6 +45,7 @@ class Target:
     check_every: int = 10
     restarts: int = 1
     chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps)
+    image_size: int | None = None  # images resized to N×N before the processor (data.formats.open_image)
 
     @property
     def gen_kwargs(self) -> dict[str, Any]:
@@ -83,6 +85,8 @@ class _Batch:
     @classmethod
     def build(cls, t: Target, rows: list[Row], images: list[Image.Image], prompts: list[str]) -> _Batch:
         device = t.model.device
+        if t.image_size:
+            images = [open_image(im, t.image_size) for im in images]
         target, refusal = (
             {k: v.to(device) for k, v in collate(t.processor, images, prompts, answers).items()}
             for answers in ([r.target or r.answer or "." for r in rows], [r.refusal or "." for r in rows]))

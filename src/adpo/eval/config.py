@@ -113,6 +113,7 @@ class EvalConfig:
     restarts: int = 1  # attack attempts (fresh random starts) for behaviours not yet jailbroken
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
     logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
+    image_size: int | None = None  # resize images to N×N first (Qwen2-VL: one patch grid per attacked batch)
     data: DataConfig = field(default_factory=DataConfig)
     pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)
     universal_image: UniversalConfig = field(default_factory=UniversalConfig)

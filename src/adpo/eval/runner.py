@@ -101,7 +101,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
     model, processor = load_model(spec, cfg.dtype)
     torch.manual_seed(cfg.seed)
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
-                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk))
+                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size)
     subs = subtasks(cfg, data)
     trained = training_attack_steps(spec)
     for sub in subs:

@@ -107,8 +107,9 @@ class QwenPatchCodec:
     def _grid(self, image_grid_thw: torch.Tensor) -> tuple[int, int, int]:
         grids = {tuple(int(v) for v in g) for g in image_grid_thw}
         if len(grids) != 1:
-            raise ValueError(f"images in one batch have different patch grids {sorted(grids)}; resize them to one "
-                             "size (or attack one image at a time) so each sample has its own pixel tensor")
+            raise ValueError(f"images in one batch have different patch grids {sorted(grids)}: image attacks "
+                             "need one pixel tensor per batch; resize the images to one size (train.image_size / "
+                             "image_size=N in adpo eval) or use batch_size 1")
         t, gh, gw = grids.pop()
         if t != 1:
             raise ValueError("video inputs (t > 1) are not supported by the image codec")

@@ -130,9 +130,9 @@ def setup(run: RunConfig) -> Session:
     utility_rows = load_rows(run.utility_data, "sft") if run.utility_weight > 0 else None
     policy, processor = _models(run)
     stream = BatchStream(pairs, processor, cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
-                         acc.num_processes)
+                         acc.num_processes, cfg.image_size)
     util_stream = (BatchStream(utility_rows, processor, cfg.utility_batch_size, cfg.seed + 1, cfg.max_length,
-                               acc.process_index, acc.num_processes) if utility_rows else None)
+                               acc.process_index, acc.num_processes, cfg.image_size) if utility_rows else None)
     per_step = cfg.batch_size * acc.num_processes * cfg.grad_accum
     total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / per_step))
     params = [p for _, p in policy.trainable()]
