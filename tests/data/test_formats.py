@@ -193,3 +193,23 @@ def test_missing_file_and_empty_file(tmp_path):
     with pytest.raises(DataError, match="no pairs rows") as e:
         load_rows(empty, "pairs")
     assert str(empty) in str(e.value)
+
+
+def test_image_size_gives_qwen_one_patch_grid_per_batch():
+    """Dynamic-resolution families patchify each image at its own size; batched image attacks need one grid."""
+    import numpy as np
+    from PIL import Image
+
+    from adpo.data.formats import open_image
+    from adpo.models import synthetic
+    from adpo.threats.codecs import codec_for
+
+    processor = synthetic.build_processor("qwen2_vl", synthetic.TINY_QWEN)
+    rng = np.random.default_rng(0)
+    raw = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((32, 48), (48, 32))]
+    grids = processor.image_processor(raw, return_tensors="pt")["image_grid_thw"]
+    assert len({tuple(g.tolist()) for g in grids}) == 2
+    fitted = [open_image(im, 32) for im in raw]
+    out = processor.image_processor(fitted, return_tensors="pt")
+    assert all(im.size == (32, 32) for im in fitted)
+    assert codec_for(processor).decode(out["pixel_values"], out["image_grid_thw"]).shape == (2, 3, 32, 32)
