@@ -79,6 +79,17 @@ def load_processor(path: str | Path) -> Any:
     return transformers.AutoProcessor.from_pretrained(path)
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of the decoder layers: gradients still reach the attack's
+    perturbations (hooks re-fire on recomputation) and LoRA without ``enable_input_require_grads``.
+    (transformers 5.2x renamed ``gradient_checkpointing_enable``; both names are served.)"""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """A transformers image-text model and its processor from a local folder, checked by
     :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks)."""

@@ -19,7 +19,7 @@ import yaml
 
 from ..data.formats import load_rows
 from ..data.stream import BatchStream
-from ..models.adapters import build_policy, load_base, resolve_run, save_trained
+from ..models.adapters import build_policy, enable_checkpointing, load_base, resolve_run, save_trained
 from ..objectives.logps import resolve_chunk
 from ..threats.codecs import codec_for
 from ..utils.config import ConfigError
@@ -55,8 +55,8 @@ def _models(run: RunConfig):
     else:
         base, processor = load_base(run.model, dtype)
         init = resolve_run(start) if start else None
-    if run.train.gradient_checkpointing:  # non-reentrant: gradients reach the attack's perturbations and LoRA
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if run.train.gradient_checkpointing:
+        enable_checkpointing(base)
     reference = "init" if run.spec.reference in ("init", "at") else "none"
     return build_policy(base, run.lora, init, reference), processor
 
