@@ -21,6 +21,6 @@ def test_gpu_check_script_runs_on_cpu_tiny(tmp_path):
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["dpo", "adpo K=1", "adpo K=5", "pgd3"]
     assert all(r["s_per_step"] > 0 and r["shape"] == "tiny" for r in rows)
-    ratios = {r["phase"]: r["ratio_to_dpo"] for r in rows}
-    assert ratios["adpo K=5"] > ratios["adpo K=1"] > 0  # five attack passes cost more than one
+    assert [r["ratio_to_dpo"] is not None for r in rows] == [False, True, True, False]
+    assert [r["attack_steps"] for r in rows] == [0, 1, 5, 3]
     assert "s/step" in proc.stdout and "x DPO" in proc.stdout

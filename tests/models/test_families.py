@@ -147,3 +147,12 @@ def test_untested_family_warns_and_a_model_without_decoder_is_refused():
         assert inspect_model(model).family == "untested"
     with pytest.raises(UnsupportedModel, match="get_decoder"):
         inspect_model(nn.Linear(2, 2))
+
+
+def test_llava_7b_shape_is_llava_1_5_7b():
+    """The GPU check's model has llava-hf/llava-1.5-7b-hf's parameter count and image grid (built on meta)."""
+    model, processor = synthetic.build("llava", synthetic.LLAVA_7B, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072
+    info = inspect_model(model, processor)
+    assert (info.n_layers, info.hidden_size, info.vocab_size) == (32, 4096, 32064)
+    assert model.config.image_seq_length == 576 and processor.image_processor.crop_size["height"] == 336
