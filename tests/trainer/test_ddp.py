@@ -42,7 +42,10 @@ def weights(out):
 
 
 def test_two_process_ddp_matches_one_process_with_the_global_batch(tiny_dir, export_dir, tmp_path):
-    stdout = run(args(tiny_dir, export_dir, "dpo", 2), 2, tmp_path / "ddp")
+    # the DDP run also uses the memory options (chunked log-probs through a decoder hook, activation
+    # checkpointing), which must change neither the gradients nor DDP's synchronisation
+    memory = ["train.logps_chunk=5", "train.gradient_checkpointing=true"]
+    stdout = run(args(tiny_dir, export_dir, "dpo", 2) + memory, 2, tmp_path / "ddp")
     assert "2 process(es), MULTI_CPU" in stdout
     run(args(tiny_dir, export_dir, "dpo", 4), 1, tmp_path / "single")
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
@@ -50,7 +53,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(tiny_dir, exp
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert any(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # it did train
 
-    stdout = run(args(tiny_dir, export_dir, "at-dpo", 2) + ["train.threat=joint", "image.steps=2", "latent.steps=2",
-                                                            "latent.relative=true"], 2, tmp_path / "adv")
+    stdout = run(args(tiny_dir, export_dir, "at-dpo", 2) + memory + [
+        "train.threat=joint", "image.steps=2", "latent.steps=2", "latent.relative=true"], 2, tmp_path / "adv")
     assert "MULTI_CPU" in stdout and (tmp_path / "adv" / "metrics.jsonl").exists()
     assert torch.isfinite(torch.stack([v.abs().max() for v in weights(tmp_path / "adv").values()])).all()
