@@ -23,3 +23,28 @@ def test_export_via_cli(tmp_path, capsys):
                  "--n-eval", "2"]) == 0
     assert (tmp_path / "d" / "preference_train.jsonl").exists()
     assert "resolved configuration" in capsys.readouterr().out
+
+
+def test_inspect_prints_what_adpo_reads_from_a_model(tmp_path, capsys):
+    import yaml
+
+    from adpo.models import synthetic
+
+    model, processor = synthetic.build("idefics3")
+    synthetic.save(model, processor, tmp_path / "m")
+    assert main(["inspect", "--model", str(tmp_path / "m")]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["family"] == "Idefics3 / SmolVLM" and out["pixel_codec"] == "PaddedCropCodec"
+    assert out["decoder"].startswith("model.text_model (2 layers")
+    assert "model\\.text_model\\.layers" in out["lora_target (auto)"]
+
+
+def test_inspect_refuses_a_text_only_model_in_one_line(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    capsys.readouterr()
+    assert main(["inspect", "--model", str(tmp_path / "llama")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adpo: error:") and "model_type 'llama'" in err and "not a vision-language model" in err

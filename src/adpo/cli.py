@@ -1,4 +1,5 @@
-"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval`` and ``adpo demo``.
+"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval``, ``adpo demo`` and
+``adpo inspect``.
 
 Every command prints its resolved configuration first; options come from an optional YAML file
 (``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
@@ -85,6 +86,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(out, out / "organism", base, demo, list(range(args.seeds)), _machine(), [cmd],
              progress=not args.no_progress)
     print(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What adpo reads from a model folder (or why it cannot use it), without training anything."""
+    from .models.adapters import load_base
+    from .models.families import describe
+
+    model, processor = load_base(args.model)
+    print(yaml.safe_dump(describe(model, processor), sort_keys=False, default_flow_style=None).rstrip())
     return 0
 
 
@@ -207,6 +218,11 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pgd_image.steps=200 limit=32")
     sp.set_defaults(func=cmd_eval)
 
+    sp = sub.add_parser("inspect", help="what adpo discovers from a model folder (layers, LoRA targets, codec, "
+                                        "chat template), or what it lacks")
+    sp.add_argument("--model", required=True, help="model folder (transformers format)")
+    sp.set_defaults(func=cmd_inspect)
+
     from .trainer.config import METHODS
 
     sp = sub.add_parser("train", help="train one method (sft, dpo, at, ar-dpo, at-dpo, adpo) on accelerate")
@@ -229,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from .data.formats import DataError
+    from .models.families import UnsupportedModel
 
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
@@ -240,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + late
     try:
         return args.func(args)
-    except (ConfigError, DataError, PermissionError, FileNotFoundError) as e:
+    except (ConfigError, DataError, UnsupportedModel, PermissionError, FileNotFoundError) as e:
         print(f"adpo: error: {e}", file=sys.stderr)
         return 2
 

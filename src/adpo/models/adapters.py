@@ -95,12 +95,19 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mo
     :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks)."""
     from transformers import AutoModelForImageTextToText
 
-    from .families import inspect_model
+    from .families import UnsupportedModel, inspect_model
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model folder {path} has no config.json (expected a saved transformers model)")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        raise UnsupportedModel(f"{path}: model_type {model_type!r} has no image-text-to-text class in transformers "
+                               "(AutoModelForImageTextToText): not a vision-language model adpo can load") from None
     processor = load_processor(path)
     inspect_model(model, processor)
     return model, processor

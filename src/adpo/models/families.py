@@ -112,6 +112,23 @@ def inspect_model(model: nn.Module, processor: Any = None, warn: bool = True) ->
     return info
 
 
+def describe(model: nn.Module, processor: Any) -> dict[str, Any]:
+    """A printable summary of what adpo uses from a model and its processor (``adpo inspect``, run start)."""
+    from ..objectives.logps import resolve_chunk
+    from ..threats.codecs import codec_for
+
+    info = inspect_model(model, processor, warn=False)
+    ip = processor.image_processor
+    return {"family": info.family, "model_type": info.model_type, "class": type(unwrap(model)).__name__,
+            "decoder": f"{info.decoder_path} ({info.n_layers} layers x {info.hidden_size})",
+            "vocab_size": info.vocab_size, "image_token_id": info.image_token_id,
+            "lora_target (auto)": info.lora_target, "full_train (auto)": info.full_train,
+            "pixel_codec": type(codec_for(processor)).__name__,
+            "image_processor": type(ip).__name__, "image_mean": list(ip.image_mean), "image_std": list(ip.image_std),
+            "processor": type(processor).__name__, "logps_chunk (auto)": resolve_chunk(model, None),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 def processor_problems(processor: Any) -> list[str]:
     """What a processor lacks for adpo's data path (chat template, tokenizer, image statistics)."""
     problems = []

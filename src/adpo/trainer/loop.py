@@ -20,6 +20,7 @@ import yaml
 from ..data.formats import load_rows
 from ..data.stream import BatchStream
 from ..models.adapters import build_policy, enable_checkpointing, load_base, resolve_run, save_trained
+from ..models.families import inspect_model
 from ..objectives.logps import resolve_chunk
 from ..threats.codecs import codec_for
 from ..utils.config import ConfigError
@@ -147,6 +148,10 @@ def setup(run: RunConfig) -> Session:
         policy.ref_copy.to(acc.device)
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
                       acc.autocast, logps_chunk(run, acc, policy.model))
+    info = inspect_model(policy.model, warn=False)
+    acc.print(f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
+              f"vocab {info.vocab_size}, {type(ctx.codec).__name__}; log-probs "
+              + (f"in chunks of {ctx.chunk} tokens" if ctx.chunk else "from full logits"))
     model.train()
     return Session(run, acc, policy, processor, stream, util_stream, model, optimizer, scheduler, params, ctx, total)
 
