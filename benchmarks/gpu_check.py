@@ -12,8 +12,8 @@ checkpointing, chunked fp32 log-probs, image PGD L∞ 0.2 keeping the lowest-los
 * ``pgd100``: a 100-step image PGD attack (evaluation's targeted objective) on the policy, per attack step.
 
 Run on a GPU: ``bash scripts/gpu_check.sh`` (about 3 minutes on one H100). ``--device cpu --tiny`` runs
-the same script on a tiny random LLaVA in seconds (what CI runs). Results print as a table and, with
-``--out FILE``, are appended as JSON lines.
+the same script on a tiny random LLaVA in seconds (what CI runs). Each phase prints a table row and, with
+``--out FILE``, appends a JSON line as soon as it is measured.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, reps: int, device: str) -> tuple[float, float | None]:
-    """(median seconds per call after one warm-up, peak GPU GiB over the timed calls)."""
-    fn()
+def _timed(fn, reps: int, device: str, warmup=None) -> tuple[float, float | None]:
+    """(median seconds per call after one warm-up call of ``warmup`` (default ``fn``), peak GPU GiB over the
+    timed calls)."""
+    (warmup or fn)()
     _sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -97,6 +98,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"built {common['shape']} ({common['params_b']}B params, {dtype}) on {device} in {built:.1f}s; "
           f"{args.batch} pairs x {common['seq_len']} tokens")
     rows = []
+    print(f"{'phase':<12} {'s/step':>9} {'peak GiB':>9} {'x DPO':>6}", flush=True)
+
+    def report(row: dict) -> None:
+        """Print and save each row as soon as it is measured: a run cut short keeps what it measured."""
+        dpo = rows[0]["s_per_step"] if rows else None
+        row["ratio_to_dpo"] = round(row["s_per_step"] / dpo, 2) if row["phase"].startswith("adpo") and dpo else None
+        rows.append(row)
+        peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
+        ratio = "-" if row["ratio_to_dpo"] is None else f"{row['ratio_to_dpo']:.2f}"
+        print(f"{row['phase']:<12} {row['s_per_step']:>9.4f} {peak:>9} {ratio:>6}", flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def measure(name: str, method: str, k: int, policy, reps: int) -> None:
         raw = {**recipe, "method": method, "model": "synthetic", "data": "-", "out": "-",
@@ -116,8 +130,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             opt.zero_grad(set_to_none=True)
 
         sec, peak = _timed(step, reps, device)
-        rows.append({**common, "phase": name, "attack_steps": k, "s_per_step": round(sec, 4),
-                     "peak_gib": None if peak is None else round(peak, 2)})
+        report({**common, "phase": name, "attack_steps": k, "s_per_step": round(sec, 4),
+                "peak_gib": None if peak is None else round(peak, 2)})
 
     lora = recipe["lora"]
     settings = LoraSettings(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
@@ -137,18 +151,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     inputs = {**image_keys(batch), "prompt_mask": rejected["prompt_mask"], "attention_mask": rejected["attention_mask"]}
     policy.model.eval()
 
-    def attack() -> None:
+    def attack(steps: int) -> None:
         with autocast():
-            optimise(policy.model, inputs, targeted_nll(rejected, recipe["train"]["logps_chunk"]), steps=pgd.steps,
+            optimise(policy.model, inputs, targeted_nll(rejected, recipe["train"]["logps_chunk"]), steps=steps,
                      image=pgd, codec=codec_for(processor), generator=torch.Generator().manual_seed(0))
 
-    sec, peak = _timed(attack, 1, device)
-    rows.append({**common, "phase": f"pgd{args.pgd_steps}", "attack_steps": args.pgd_steps,
-                 "s_per_step": round(sec / args.pgd_steps, 4), "s_total": round(sec, 2),
-                 "peak_gib": None if peak is None else round(peak, 2)})
-    dpo = rows[0]["s_per_step"]
-    for r in rows:
-        r["ratio_to_dpo"] = round(r["s_per_step"] / dpo, 2) if r["phase"].startswith("adpo") else None
+    sec, peak = _timed(lambda: attack(pgd.steps), 1, device, warmup=lambda: attack(3))
+    report({**common, "phase": f"pgd{args.pgd_steps}", "attack_steps": args.pgd_steps,
+            "s_per_step": round(sec / args.pgd_steps, 4), "s_total": round(sec, 2),
+            "peak_gib": None if peak is None else round(peak, 2)})
     return rows
 
 
@@ -164,16 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("no CUDA device here; use --device cpu --tiny")
-    rows = run(args)
-    print(f"{'phase':<12} {'s/step':>9} {'peak GiB':>9} {'x DPO':>6}")
-    for r in rows:
-        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        ratio = "-" if r["ratio_to_dpo"] is None else f"{r['ratio_to_dpo']:.2f}"
-        print(f"{r['phase']:<12} {r['s_per_step']:>9.4f} {peak:>9} {ratio:>6}")
-    if args.out:
-        with open(args.out, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    return rows
+    return run(args)
 
 
 if __name__ == "__main__":

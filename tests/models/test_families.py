@@ -47,6 +47,7 @@ def test_lora_reaches_every_decoder_linear_and_nothing_else(family_dir):
     assert wrapped == linears and linears
     trainable = [n for n, _ in policy.trainable()]
     assert trainable and all("lora_" in n and info.decoder_path in n for n in trainable)
+    assert inspect_model(policy.model) == info  # the facts survive peft's wrapping
 
 
 def _run(family: str, path, export_dir, out, method: str, **extra) -> dict:

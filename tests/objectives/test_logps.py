@@ -78,3 +78,25 @@ def test_auto_chunk_follows_the_vocabulary(tiny_model):
     assert resolve_chunk(tiny_model, None) == 0 and resolve_chunk(tiny_model, 8) == 8
     tiny_model.resize_token_embeddings(40_000)
     assert resolve_chunk(tiny_model, None) == AUTO_CHUNK
+
+
+def test_chunking_needs_logits_to_keep():
+    from torch import nn
+
+    from adpo.models.families import UnsupportedModel
+    from adpo.objectives.logps import resolve_chunk
+
+    class NoKeep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 50_000)
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, input_ids):
+            return self.head(input_ids)
+
+    assert resolve_chunk(NoKeep(), None) == 0 and resolve_chunk(NoKeep(), 0) == 0
+    with pytest.raises(UnsupportedModel, match="logits_to_keep"):
+        resolve_chunk(NoKeep(), 8)

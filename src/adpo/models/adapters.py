@@ -80,9 +80,11 @@ def load_processor(path: str | Path) -> Any:
 
 
 def enable_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant activation checkpointing of the decoder layers: gradients still reach the attack's
-    perturbations (hooks re-fire on recomputation) and LoRA without ``enable_input_require_grads``.
-    (transformers 5.2x renamed ``gradient_checkpointing_enable``; both names are served.)"""
+    """Non-reentrant activation checkpointing of the decoder layers. Non-reentrant matters: gradients then
+    reach tensors a layer's forward hook closes over (the latent attack's δ) whether the checkpoint wraps the
+    layer's ``__call__`` (hooks re-fire on recomputation, transformers 5.1x) or its ``forward`` (hooks stay
+    outside, 5.2x); both are tested to give the plain step. transformers renamed the method in 5.2x; both
+    names are served."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -90,10 +92,13 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool = True) -> tuple[nn.Module, Any]:
     """A transformers image-text model and its processor from a local folder, checked by
-    :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks)."""
-    from transformers import AutoModelForImageTextToText
+    :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks).
+
+    ``weights=False`` builds the model from its config on the meta device (no memory, no weights read),
+    which is all an inspection needs."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .families import UnsupportedModel, inspect_model
 
@@ -101,7 +106,11 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mo
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"model folder {path} has no config.json (expected a saved transformers model)")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        if weights:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        else:
+            with torch.device("meta"):
+                model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path))
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise

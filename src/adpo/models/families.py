@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 TESTED = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL",
-          "idefics3": "Idefics3 / SmolVLM", "smolvlm": "SmolVLM2"}
+          "idefics3": "Idefics3 / SmolVLM"}  # SmolVLM2 (model_type smolvlm) shares Idefics3's design, untested
 
 
 class UnsupportedModel(TypeError):
@@ -36,6 +36,7 @@ class ModelInfo:
 
     model_type: str
     family: str  # display name of a tested family, or "untested"
+    logits_to_keep: bool  # forward takes logits_to_keep (chunked log-probs need it)
     decoder_path: str  # module path of the text decoder (``get_decoder()``), e.g. "model.language_model"
     n_layers: int
     hidden_size: int
@@ -66,6 +67,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _leaf(name: str) -> str:
+    """A linear layer's own name; peft's LoRA wrapper keeps the original as ``<name>.base_layer``."""
+    return name.removesuffix(".base_layer").rsplit(".", 1)[-1]
+
+
 def _path_of(model: nn.Module, module: nn.Module) -> str | None:
     return next((name for name, m in model.named_modules() if m is module), None)
 
@@ -88,6 +94,7 @@ def inspect_model(model: nn.Module, processor: Any = None, warn: bool = True) ->
     if hidden is None:
         missing.append("text_config.hidden_size (the latent perturbation's width)")
     head = core.get_output_embeddings() if hasattr(core, "get_output_embeddings") else None
+    head = getattr(head, "base_layer", head)  # a LoRA-wrapped head
     if not isinstance(head, nn.Linear):
         missing.append("a linear output embedding (get_output_embeddings(); chunked log-probs project through it)")
     if "pixel_values" not in inspect.signature(core.forward).parameters:
@@ -97,13 +104,15 @@ def inspect_model(model: nn.Module, processor: Any = None, warn: bool = True) ->
     if missing:
         raise UnsupportedModel(f"{name} cannot be used by adpo; missing: " + "; ".join(missing)
                                + f". Tested families: {', '.join(sorted(set(TESTED.values())))}.")
-    linear = sorted({n.rsplit(".", 1)[-1] for n, m in layers.named_modules() if isinstance(m, nn.Linear)})
+    linear = sorted({_leaf(n) for n, m in layers.named_modules() if isinstance(m, nn.Linear) and "lora_" not in n})
     image_token = getattr(cfg, "image_token_id", None)
     if image_token is None:
         image_token = getattr(cfg, "image_token_index", None)
     info = ModelInfo(model_type=model_type, family=TESTED.get(model_type, "untested"),
+                     logits_to_keep="logits_to_keep" in inspect.signature(core.forward).parameters,
                      decoder_path=_path_of(core, decoder), n_layers=len(layers), hidden_size=int(hidden),
-                     vocab_size=int(head.out_features), linear_names=tuple(linear), head_path=_path_of(core, head),
+                     vocab_size=int(head.out_features), linear_names=tuple(linear),
+                     head_path=_path_of(core, head).removesuffix(".base_layer"),
                      image_token_id=None if image_token is None else int(image_token))
     if warn and info.family == "untested":
         warnings.warn(f"{name} is not one of adpo's tested families ({', '.join(sorted(TESTED))}); it passed "

@@ -1,7 +1,8 @@
 """Response-token log-probabilities in fp32, the SFT loss built on them, and how a model is asked for them.
 
 Log-probs are always taken in fp32 (bf16/fp16 log-softmax is a known source of NaNs and of
-DPO-loss mismatches, see ../shared/docs/eval.md §5.7).
+DPO-loss mismatches, see ../shared/docs/eval.md §5.7): the logits of a bf16 model are upcast and the
+log-softmax runs in fp32, as in HF's own losses (the logits themselves carry bf16's rounding).
 
 :func:`model_logps` is the one place a model's response log-probs are computed (training losses, attack
 objectives, evaluation margins). With a large vocabulary the full logits are the biggest tensors of a
@@ -10,10 +11,13 @@ or image tokens that are never scored. ``chunk > 0`` therefore takes the decoder
 (a forward hook), asks the model for one position of logits only (``logits_to_keep=1``), and projects
 just the response positions through the output embedding, ``chunk`` tokens at a time, each chunk
 recomputed in the backward pass (activation checkpointing), so no (B, T, V) tensor ever exists.
+The first chunked call on a model checks that its own last-position logits equal that projection.
 """
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Any
 
 import torch
@@ -63,13 +67,21 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "seque
 
 
 def resolve_chunk(model: torch.nn.Module, chunk: int | None) -> int:
-    """``chunk`` as given, or (None) :data:`AUTO_CHUNK` when the model's vocabulary is large, else 0."""
-    if chunk is not None:
-        return int(chunk)
-    from ..models.families import unwrap
+    """``chunk`` as given, or (None) :data:`AUTO_CHUNK` when the model's vocabulary is large, else 0.
 
-    head = unwrap(model).get_output_embeddings()
-    return AUTO_CHUNK if head is not None and head.weight.shape[0] >= AUTO_CHUNK_VOCAB else 0
+    Chunking needs ``logits_to_keep`` in the model's forward: without it, auto is 0 and an explicit
+    chunk is refused."""
+    from ..models.families import UnsupportedModel, unwrap
+
+    core = unwrap(model)
+    supported = "logits_to_keep" in inspect.signature(core.forward).parameters
+    if chunk is not None:
+        if chunk and not supported:
+            raise UnsupportedModel(f"{type(core).__name__}.forward has no logits_to_keep argument, which chunked "
+                                   "log-probs need; set logps_chunk: 0")
+        return int(chunk)
+    head = core.get_output_embeddings()
+    return AUTO_CHUNK if supported and head is not None and head.weight.shape[0] >= AUTO_CHUNK_VOCAB else 0
 
 
 def model_logps(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Tensor, chunk: int = 0
@@ -84,6 +96,9 @@ def model_logps(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Te
 
     core = unwrap(model)
     head = core.get_output_embeddings()
+    if hasattr(head, "base_layer"):
+        raise ValueError("chunked log-probs project through the plain output head, but it carries a LoRA adapter; "
+                         "set logps_chunk: 0 or keep lm_head out of lora.target")
     captured: list[torch.Tensor] = []
 
     def grab(_module, _args, out):
@@ -96,7 +111,10 @@ def model_logps(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Te
         handle.remove()
     hidden = captured[-1]
     softcap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
-    _check_head(kept, _project(hidden[:, -1], head.weight, head.bias, softcap))
+    if core not in _CHECKED:
+        with torch.no_grad():
+            _check_head(kept, _project(hidden[:, -1], head.weight, head.bias, softcap))
+        _CHECKED.add(core)
     target = labels[:, 1:]
     mask = target != IGNORE
     h, t = hidden[:, :-1][mask], target[mask]
@@ -105,6 +123,9 @@ def model_logps(model: torch.nn.Module, inputs: dict[str, Any], labels: torch.Te
     flat = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
     lp = torch.zeros(mask.shape, dtype=torch.float32, device=flat.device).masked_scatter(mask, flat)
     return lp, mask
+
+
+_CHECKED: weakref.WeakSet = weakref.WeakSet()  # models whose output head passed _check_head
 
 
 def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None

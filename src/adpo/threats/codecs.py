@@ -50,8 +50,9 @@ class ElementwiseCodec:
 @dataclass(frozen=True)
 class PaddedCropCodec(ElementwiseCodec):
     """Idefics3 / SmolVLM: crops (B, N, C, H, W) padded to the batch's largest N with all-zero crops, which the
-    model drops *because* they are exactly zero. ``encode`` keeps the padding crops (``pixel_attention_mask``
-    all false) at zero, so a perturbation can never turn one into an image the prompt has no tokens for."""
+    model drops *because* they are exactly zero. ``encode`` keeps every pixel that ``pixel_attention_mask``
+    marks as padding at zero, as the processor makes it: a perturbation can never turn a padding crop into
+    an image the prompt has no tokens for, nor reach padded pixels of a partly valid patch."""
 
     extra_keys = ("pixel_attention_mask",)
 
@@ -59,8 +60,7 @@ class PaddedCropCodec(ElementwiseCodec):
         out = super().encode(x01)
         if pixel_attention_mask is None:
             return out
-        real = pixel_attention_mask.flatten(-2).any(-1).to(out.dtype)  # (B, N)
-        return out * real[..., None, None, None]
+        return out * pixel_attention_mask.to(out.dtype).unsqueeze(-3)  # (B, N, 1, H, W) over channels
 
     def decode(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return super().decode(pixel_values)
