@@ -141,6 +141,13 @@ def test_processor_without_chat_template_is_refused():
         inspect_model(model, processor)
 
 
+def test_a_processor_of_another_model_is_refused():
+    model, _ = synthetic.build("llava")
+    _, qwen_processor = synthetic.build("qwen2_vl")
+    with pytest.raises(UnsupportedModel, match="image token"):
+        inspect_model(model, qwen_processor)
+
+
 def test_untested_family_warns_and_a_model_without_decoder_is_refused():
     model, _ = synthetic.build("llava")
     model.config.model_type = "my_vlm"

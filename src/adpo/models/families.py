@@ -99,15 +99,19 @@ def inspect_model(model: nn.Module, processor: Any = None, warn: bool = True) ->
         missing.append("a linear output embedding (get_output_embeddings(); chunked log-probs project through it)")
     if "pixel_values" not in inspect.signature(core.forward).parameters:
         missing.append("a `pixel_values` argument to forward (it is not an image-text model)")
+    image_token = getattr(cfg, "image_token_id", None)
+    if image_token is None:
+        image_token = getattr(cfg, "image_token_index", None)
     if processor is not None:
         missing += processor_problems(processor)
+        theirs = getattr(processor, "image_token_id", None)
+        if image_token is not None and theirs is not None and int(theirs) != int(image_token):
+            missing.append(f"a processor whose image token (id {theirs}) is the model's image_token_id "
+                           f"({image_token}): the image features would land on the wrong positions")
     if missing:
         raise UnsupportedModel(f"{name} cannot be used by adpo; missing: " + "; ".join(missing)
                                + f". Tested families: {', '.join(sorted(set(TESTED.values())))}.")
     linear = sorted({_leaf(n) for n, m in layers.named_modules() if isinstance(m, nn.Linear) and "lora_" not in n})
-    image_token = getattr(cfg, "image_token_id", None)
-    if image_token is None:
-        image_token = getattr(cfg, "image_token_index", None)
     info = ModelInfo(model_type=model_type, family=TESTED.get(model_type, "untested"),
                      logits_to_keep="logits_to_keep" in inspect.signature(core.forward).parameters,
                      decoder_path=_path_of(core, decoder), n_layers=len(layers), hidden_size=int(hidden),
