@@ -126,7 +126,8 @@ def build_config(family: str, processor: Any, shape: Shape = TINY) -> Any:
                                      image_size=shape.image_size, patch_size=shape.patch_size)
         common = dict(vision_config=vision, text_config=tf.LlamaConfig(**text), image_token_index=ids("<image>"),
                       image_seq_length=(shape.image_size // shape.patch_size) ** 2,
-                      vision_feature_select_strategy="default", vision_feature_layer=shape.vision_feature_layer)
+                      vision_feature_select_strategy="default", vision_feature_layer=shape.vision_feature_layer,
+                      pad_token_id=tok.pad_token_id)
         if family == "llava":
             return tf.LlavaConfig(**common)
         return tf.LlavaNextConfig(image_grid_pinpoints=processor.image_processor.image_grid_pinpoints, **common)
@@ -160,10 +161,17 @@ def build_config(family: str, processor: Any, shape: Shape = TINY) -> Any:
 def build(family: str, shape: Shape | None = None, seed: int = 0, dtype: torch.dtype | None = None,
           device: str | torch.device | None = None) -> tuple[Any, Any]:
     """(model, processor) of ``family`` with random weights, created directly in ``dtype`` on ``device``."""
-    from transformers import AutoModelForImageTextToText
-
     shape = shape or (TINY_QWEN if family.startswith("qwen") else TINY)
     processor = build_processor(family, shape)
+    return build_model(family, processor, shape, seed, dtype, device).eval(), processor
+
+
+def build_model(family: str, processor: Any, shape: Shape, seed: int = 0, dtype: torch.dtype | None = None,
+                device: str | torch.device | None = None) -> Any:
+    """A randomly initialised model of ``family`` matching ``processor`` (token ids, generation settings);
+    the organism's LLaVA is built here too, from its own processor."""
+    from transformers import AutoModelForImageTextToText
+
     config = build_config(family, processor, shape)
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
@@ -177,7 +185,7 @@ def build(family: str, shape: Shape | None = None, seed: int = 0, dtype: torch.d
     tok = processor.tokenizer
     model.generation_config.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                    bos_token_id=tok.bos_token_id)
-    return model.eval(), processor
+    return model
 
 
 def save(model: Any, processor: Any, path: str | Path) -> Path:

@@ -112,27 +112,13 @@ def build_processor(image_size: int, patch_size: int, vocab_size: int = 768):
 
 
 def build_model(processor, image_size: int, cfg: ModelConfig, seed: int = 0):
-    """A randomly initialised tiny LLaVA (CLIP vision tower + Llama) matching ``processor``."""
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    """A randomly initialised tiny LLaVA (CLIP vision tower + Llama) matching ``processor``: the LLaVA of
+    :mod:`adpo.models.synthetic` at the organism's sizes (the vocabulary is the tokenizer's)."""
+    from ..models.synthetic import Shape
+    from ..models.synthetic import build_model as build_family
 
-    tok = processor.tokenizer
-    n_patches = (image_size // cfg.patch_size) ** 2
-    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
-                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
-                              image_size=image_size, patch_size=cfg.patch_size, projection_dim=cfg.vision_hidden)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
-                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
-                       num_key_value_heads=cfg.text_heads, max_position_embeddings=256,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=n_patches,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    return model
+    shape = Shape(text_hidden=cfg.text_hidden, text_layers=cfg.text_layers, text_intermediate=cfg.text_intermediate,
+                  text_heads=cfg.text_heads, text_kv_heads=cfg.text_heads, vision_hidden=cfg.vision_hidden,
+                  vision_layers=cfg.vision_layers, vision_intermediate=2 * cfg.vision_hidden,
+                  vision_heads=cfg.vision_heads, image_size=image_size, patch_size=cfg.patch_size, max_positions=256)
+    return build_family("llava", processor, shape, seed)
