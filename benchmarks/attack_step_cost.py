@@ -19,8 +19,8 @@ import torch
 
 from adpo.objectives.logps import sft_loss
 from adpo.organism.pretrain import encode_samples, load_organism
+from adpo.threats import JointPGD, LatentPGD, model_inputs, targeted_nll
 from adpo.threats.codecs import codec_for
-from adpo.threats.engine import JointPGD, LatentPGD, model_inputs, targeted_nll
 from adpo.threats.image import ImagePGD
 
 

@@ -5,7 +5,7 @@
   and the random-start one-step variant (step 1.25 eps, Wong et al.); attacked ASR against training time.
 * ``margin``: the ablation at matched clean margin. dpo, ar-dpo, at-dpo and adpo trained for several step
   counts; attacked ASR against the clean margin log p(refusal) - log p(compliance), so that arms are
-  compared at the same depth rather than the same step count (organism-prototype-v4.md, fix 1).
+  compared at the same depth rather than the same step count (docs/organism.md, "Design history").
 
 Usage: python benchmarks/demo_studies.py --study compute|margin --out runs/studies [--seed 0]
 """

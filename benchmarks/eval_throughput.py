@@ -48,7 +48,7 @@ def main() -> int:
         outs = []
         for s in range(0, args.n, size):
             chunk = rows[s: s + size]
-            outs += attack(t, chunk, [r.image for r in chunk], seed=0, image=pgd)
+            outs += attack(t, chunk, [r.image for r in chunk], seed=0, threat=pgd)
         dt = time.perf_counter() - t0
         rates[mode] = args.n / dt
         asr = sum(o.step is not None for o in outs) / len(outs)

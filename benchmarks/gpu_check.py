@@ -24,6 +24,7 @@ import platform
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     from adpo.models import synthetic
     from adpo.models.adapters import POLICY, LoraSettings, build_policy, enable_checkpointing
     from adpo.threats.codecs import codec_for
-    from adpo.threats.engine import optimise, targeted_nll
     from adpo.threats.image import ImagePGD
+    from adpo.threats.objectives import targeted_nll
+    from adpo.threats.protocol import optimise
     from adpo.trainer.config import RunConfig
     from adpo.trainer.steps import StepContext, dpo_step
     from adpo.utils.config import load_yaml
@@ -153,8 +155,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def attack(steps: int) -> None:
         with autocast():
-            optimise(policy.model, inputs, targeted_nll(rejected, recipe["train"]["logps_chunk"]), steps=steps,
-                     image=pgd, codec=codec_for(processor), generator=torch.Generator().manual_seed(0))
+            optimise(policy.model, inputs, targeted_nll(rejected, recipe["train"]["logps_chunk"]),
+                     replace(pgd, steps=steps), codec=codec_for(processor), generator=torch.Generator().manual_seed(0))
 
     sec, peak = _timed(lambda: attack(pgd.steps), 1, device, warmup=lambda: attack(3))
     report({**common, "phase": f"pgd{args.pgd_steps}", "attack_steps": args.pgd_steps,

@@ -38,8 +38,8 @@ from adpo.organism.judge import judge
 from adpo.organism.pretrain import encode_samples, load_organism, prompt_id_table, render_rows
 from adpo.organism.world import REFUSAL, World, compliance
 from adpo.threats.codecs import ElementwiseCodec, uint8_to_unit
-from adpo.threats.engine import pgd
 from adpo.threats.image import ImagePGD
+from adpo.threats.protocol import pgd
 
 
 class Rows:

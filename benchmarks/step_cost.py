@@ -46,7 +46,7 @@ def _median_ms(fn, reps: int) -> float:
 
 def measure(method: str, k: int, args) -> dict:
     from adpo.data.collate import halves, image_keys
-    from adpo.threats.engine import attack_mode, targeted_nll
+    from adpo.threats import attack_mode, targeted_nll
     from adpo.trainer.config import RunConfig
     from adpo.trainer.loop import _to, setup
     from adpo.trainer.steps import pair_logps, sft_forward

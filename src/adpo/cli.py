@@ -93,7 +93,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """What adpo reads from a model folder (or why it cannot use it): the model is built on the meta device,
     so inspecting a 7B folder reads no weights."""
     from .models.adapters import load_base
-    from .models.families import describe
+    from .models.describe import describe
 
     model, processor = load_base(args.model, weights=False)
     print(yaml.safe_dump(describe(model, processor), sort_keys=False, default_flow_style=None).rstrip())

@@ -11,14 +11,15 @@ import torch
 
 from adpo.eval import attacks
 from adpo.eval.attacks import Target, _Batch, _generate
-from adpo.eval.config import TASKS, EvalConfig
+from adpo.eval.config import EvalConfig
 from adpo.eval.data import load_harmful
 from adpo.eval.judges import Verdict
 from adpo.eval.results import validate
 from adpo.eval.runner import ModelSpec, evaluate, load_model
+from adpo.eval.tasks import TASKS
+from adpo.threats import AttackResult, LatentPGD
 from adpo.threats.codecs import codec_for
-from adpo.threats.engine import AttackResult, LatentPGD
-from adpo.threats.latent import residual_perturbation
+from adpo.threats.hooks import residual_perturbation
 
 RECORD_KEYS = {"task", "subtask", "doc_id", "behavior_id", "behavior", "category", "prompt", "image_sha256",
                "response", "attack", "judges", "gen_kwargs", "config_hash"}
@@ -34,6 +35,7 @@ def config(export_dir, **over) -> EvalConfig:
                     "universal_train": str(export_dir / "preference_train.jsonl")},
            "pgd_image": {"eps": ["8/255", "inf"], "steps": 2, "blank_steps": 2, "noise": True},
            "universal_image": {"steps": 2, "train_n": 4}, "latent": {"eps": [0.5], "steps": 2},
+           "attacks": [{"threat": "image", "name": "l2@1", "norm": "l2", "eps": 1.0, "step_size": 0.25, "steps": 2}],
            "figstep": {"size": 96, "font_size": 10}}
     raw.update(over)
     return EvalConfig.from_dict(raw)
@@ -49,7 +51,7 @@ def run(tiny_dir, export_dir, tmp_path_factory):
 def test_every_task_writes_schema_valid_records(run):
     out, res = run
     subtasks = {"clean", "pgd-image@8/255", "pgd-image@inf", "pgd-blank", "pgd-noise", "universal-image@16/255",
-                "universal-blank", "latent@0.5", "figstep", "utility", "over-refusal"}
+                "universal-blank", "latent@0.5", "l2@1", "figstep", "utility", "over-refusal"}
     assert set(res["results"]) == subtasks
     for task in TASKS:
         lines = (out / f"samples_{task}.jsonl").read_text().splitlines()
@@ -135,7 +137,7 @@ def test_more_steps_never_lower_asr(tiny_dir, export_dir):
     found = {}
     for steps in (4, 12, 30):
         lat = LatentPGD(eps=1.0, step_size=0.01, steps=steps, layers=(0,), relative=True, random_start=True)
-        outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, latent=lat)
+        outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, threat=lat)
         found[steps] = {i: o.step for i, o in enumerate(outs) if o.step is not None}
     assert len(found[30]) > len(found[4]), "more steps found nothing more: the check would be vacuous"
     for weak, strong in ((4, 12), (12, 30)):
@@ -144,7 +146,7 @@ def test_more_steps_never_lower_asr(tiny_dir, export_dir):
     # restarts only add successes
     t.restarts = 2
     lat = LatentPGD(eps=1.0, step_size=0.01, steps=12, layers=(0,), relative=True, random_start=True)
-    outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, latent=lat)
+    outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, threat=lat)
     assert set(found[12]) <= {i for i, o in enumerate(outs) if o.step is not None}
 
 

@@ -76,7 +76,7 @@ def test_adpo_step_adapter_round_trip_and_attack(family_dir, export_dir, tmp_pat
 
     from adpo.data.collate import collate, image_keys
     from adpo.data.formats import load_rows, open_image
-    from adpo.threats.engine import model_inputs
+    from adpo.threats.objectives import model_inputs
 
     base, processor = load_base(path)
     rows = load_rows(str(export_dir / "sft_train.jsonl"), "sft")[:2]
@@ -124,7 +124,7 @@ def test_processor_without_chat_template_is_refused():
         SiglipImageProcessorPil,
     )
 
-    from adpo.organism.build import build_tokenizer
+    from adpo.organism.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     tok.chat_template = None

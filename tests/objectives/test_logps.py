@@ -34,7 +34,7 @@ def _family_batch(family: str):
 
     from adpo.data.collate import collate_pairs, double_images, image_keys
     from adpo.models import synthetic
-    from adpo.threats.engine import model_inputs
+    from adpo.threats.objectives import model_inputs
 
     model, processor = synthetic.build(family)
     b = collate_pairs(processor, images(2, (32, 32)), ["what is it?", "how do i fix the car?"],

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from adpo.data.collate import collate, user_prompt
-from adpo.organism.build import build_tokenizer
+from adpo.organism.tokenizer import build_tokenizer
 
 
 def test_tokenizer_round_trip_and_single_token_answers(processor):

@@ -29,7 +29,7 @@ def llava(processor, tiny_cfg):
 def next_processor():
     from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
-    from adpo.organism.build import CHAT_TEMPLATE, build_tokenizer
+    from adpo.organism.tokenizer import CHAT_TEMPLATE, build_tokenizer
 
     pins = [[32, 64], [64, 32], [64, 64]]
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
@@ -84,7 +84,7 @@ def qwen2vl(qwen_image_processor):
     """A tiny random Qwen2-VL with a hand-built batch (no Qwen processor: it needs torchvision for video)."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from adpo.organism.build import build_tokenizer
+    from adpo.organism.tokenizer import build_tokenizer
 
     tok = build_tokenizer(extra_specials=QWEN_SPECIALS)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}

@@ -3,10 +3,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adpo.threats import JointPGD, LatentPGD, UniversalImagePGD, attack_mode, dpo_margin, targeted_nll
 from adpo.threats.codecs import codec_for
-from adpo.threats.engine import JointPGD, LatentPGD, attack_mode, dpo_margin, targeted_nll
+from adpo.threats.hooks import decoder_layers
 from adpo.threats.image import ImagePGD, project
-from adpo.threats.latent import decoder_layers
 
 
 def _clean_loss(model, batch):
@@ -161,7 +161,7 @@ def test_attack_mode_restores_on_error(llava):
 def test_universal_delta_is_shared_and_bounded(llava):
     model, proc, batch = llava
     eps = 16 / 255
-    res = ImagePGD(eps=eps, step_size=2 / 255, steps=6, universal=True).run(
+    res = UniversalImagePGD(eps=eps, step_size=2 / 255, steps=6).run(
         model, batch, targeted_nll(batch), codec=codec_for(proc), generator=torch.Generator().manual_seed(0))
     x0 = codec_for(proc).decode(batch["pixel_values"]).clamp(0, 1)
     delta = res.x_adv - x0

@@ -8,8 +8,8 @@ import torch
 
 from adpo.data.collate import collate, image_keys
 from adpo.models import synthetic
+from adpo.threats import JointPGD, LatentPGD, optimise, targeted_nll
 from adpo.threats.codecs import codec_for, codec_inputs
-from adpo.threats.engine import LatentPGD, optimise, targeted_nll
 from adpo.threats.image import ImagePGD
 
 from .conftest import images
@@ -22,9 +22,9 @@ def test_joint_attack_on_bf16_weights(family):
     inputs = {**image_keys(b), "prompt_mask": b["prompt_mask"], "attention_mask": b["attention_mask"]}
     codec = codec_for(processor)
     x0 = codec.decode(b["pixel_values"].float(), **codec_inputs(codec, b)).clamp(0, 1)
-    res = optimise(model, inputs, targeted_nll(b, chunk=4), steps=2, codec=codec,
-                   image=ImagePGD(eps=0.1, step_size=0.05, steps=2),
-                   latent=LatentPGD(eps=0.5, relative=True, steps=2, layers=(-1,)),
+    threat = JointPGD(ImagePGD(eps=0.1, step_size=0.05, steps=2),
+                      LatentPGD(eps=0.5, relative=True, steps=2, layers=(-1,)), steps=2)
+    res = optimise(model, inputs, targeted_nll(b, chunk=4), threat, codec=codec,
                    generator=torch.Generator().manual_seed(0))
     assert res.loss.dtype == torch.float32 and torch.isfinite(res.loss).all()
     assert res.x_adv.dtype == torch.float32 and all(d.dtype == torch.float32 for d in res.latent.values())

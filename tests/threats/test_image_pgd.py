@@ -2,8 +2,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adpo.threats.engine import pgd
 from adpo.threats.image import ImagePGD, project
+from adpo.threats.protocol import pgd
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,7 +1,9 @@
 import torch
 from torch import nn
 
-from adpo.threats.latent import _add, project_tokens, unwrap
+from adpo.models.families import unwrap
+from adpo.threats.hooks import _add
+from adpo.threats.latent import project_tokens
 
 
 def test_add_handles_tensor_and_tuple_outputs():

@@ -60,3 +60,21 @@ def test_chunked_logps_are_refused_or_off_under_sharded_engines(tiny_model):
     assert logps_chunk(run(None), fsdp, tiny_model) == 0
     with pytest.raises(ConfigError, match="FSDP shards"):
         logps_chunk(run(64), fsdp, tiny_model)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("16/255", 16 / 255), (0.0627, 0.0627), ("inf", float("inf"))])
+def test_one_budget_vocabulary_in_training(value, expected):
+    """``16/255``, ``0.0627`` and ``inf`` mean the same in train as in eval (adpo.threats.budget)."""
+    from adpo.eval.config import EvalConfig
+
+    raw = {"method": "at-dpo", "model": "m", "data": "d", "out": "o", "image": {"eps": value, "step_size": "1/255"}}
+    run = RunConfig.from_dict(raw)
+    assert run.image.eps == expected and run.image.step_size == 1 / 255
+    assert EvalConfig.from_dict({"pgd_image": {"eps": [value]}}).pgd_image.eps == (value,)
+
+
+def test_bad_budget_is_a_config_error():
+    from adpo.utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot read budget '16/x'"):
+        RunConfig.from_dict({"method": "dpo", "model": "m", "data": "d", "out": "o", "image": {"eps": "16/x"}})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adpo.threats.latent import decoder_layers
+from adpo.threats.hooks import decoder_layers
 from adpo.trainer.config import RunConfig
 from adpo.trainer.loop import setup
 
@@ -47,7 +47,7 @@ def test_bf16_weights_attack_and_train_with_fp32_logps(run_args, monkeypatch):
         return out
 
     monkeypatch.setattr("adpo.trainer.steps.model_logps", spy)
-    monkeypatch.setattr("adpo.threats.engine.model_logps", spy)
+    monkeypatch.setattr("adpo.threats.objectives.model_logps", spy)
     s, metrics, weights = _step(run_args, model_dtype="bfloat16", logps_chunk=4)
     assert next(p for n, p in s.policy.model.named_parameters() if "lora" not in n).dtype == torch.bfloat16
     assert all(w.dtype == torch.float32 for w in weights.values())  # trainable LoRA weights stay fp32

@@ -12,8 +12,8 @@ from adpo.data.formats import load_rows
 from adpo.data.stream import BatchStream
 from adpo.models.adapters import load_base, resolve_run
 from adpo.threats.codecs import codec_for
-from adpo.threats.engine import dpo_margin
 from adpo.threats.image import ImagePGD
+from adpo.threats.objectives import dpo_margin
 from adpo.trainer.config import RunConfig
 from adpo.trainer.loop import train
 from adpo.trainer.tracking import read_metrics

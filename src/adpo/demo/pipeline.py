@@ -17,24 +17,25 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..eval.config import EvalConfig
-from ..utils.config import ConfigError
+from ..utils.config import ConfigError, load_yaml
 
 ARMS = ("base", "sft", "dpo", "ar-dpo", "at-dpo", "adpo")
 AT_REFERENCED = ("ar-dpo", "adpo")  # arms whose reference (and start) is the AT model
 
-# The training recipe shared by every arm: configs/organism.yaml's at a lower learning rate (3e-4 instead of
-# 1e-3), where DPO's clean margin (~7 nats) is close to ADPO's (~10) instead of 50 nats deep (docs/results.md).
-TRAIN = {
-    "train": {"steps": 40, "batch_size": 8, "utility_batch_size": 8, "lr": 3.0e-4, "scheduler": "cosine",
-              "warmup_ratio": 0.1, "beta": 0.1, "rpo_alpha": 1.0, "threat": "joint"},
-    "lora": {"r": 8, "alpha": 16},
-    "image": {"eps": 0.2, "step_size": 0.05, "steps": 5, "random_start": True, "keep_best": False},
-    "latent": {"layers": [-2], "eps": 0.3, "relative": True, "step_size": 0.1, "steps": 5, "optimizer": "sign"},
-}
+# The training recipe shared by every arm: configs/organism.yaml, shipped in the package as a link to it.
+RECIPE = resources.files("adpo.demo") / "organism.yaml"
+
+
+def load_recipe() -> dict:
+    """The organism recipe (sections train / lora / image / latent), read fresh for each demo."""
+    return load_yaml(Path(str(RECIPE)))
+
+
 # The attacks every arm faces: adaptive, at least 10x the training attack's steps.
 EVAL = {
     "tasks": ["clean", "pgd-image", "latent", "figstep", "utility", "over-refusal"],
@@ -47,7 +48,7 @@ DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "how
 
 @dataclass
 class DemoConfig:
-    train: dict = field(default_factory=lambda: copy.deepcopy(TRAIN))
+    train: dict = field(default_factory=load_recipe)
     eval: dict = field(default_factory=lambda: copy.deepcopy(EVAL))
     arms: tuple = ARMS
     # the utility SFT term (benign answers incl. how-to look-alikes) in every aligned arm; the AT reference

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..eval.config import parse_eps
 from ..eval.report import draw_budget_panels, save_figure
+from ..threats.budget import parse_eps
 from ..utils.io import atomic_text
 
 

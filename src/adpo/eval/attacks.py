@@ -26,9 +26,10 @@ from ..data.formats import open_image
 from ..models.generation import decode, prompt_batch
 from ..objectives.logps import model_logps
 from ..threats.codecs import codec_inputs
-from ..threats.engine import AttackResult, LatentPGD, model_inputs, optimise, targeted_nll
-from ..threats.image import ImagePGD
-from ..threats.latent import residual_perturbation
+from ..threats.hooks import residual_perturbation
+from ..threats.objectives import model_inputs, targeted_nll
+from ..threats.protocol import AttackResult, Threat, optimise
+from ..threats.universal import UniversalImagePGD
 from .data import Row, image_sha256, tensor_sha256
 from .judges import Judge
 
@@ -142,10 +143,9 @@ def respond(t: Target, rows: list[Row], images: list[Image.Image], prompts: list
     return [Outcome(x, h, m, None) for x, h, m in zip(texts, hashes, margins)]
 
 
-def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
-           image: ImagePGD | None = None, latent: LatentPGD | None = None) -> list[Outcome]:
+def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, threat: Threat) -> list[Outcome]:
     """White-box attack on one batch toward each row's target; see the module docstring for the protocol."""
-    steps = image.steps if image is not None else latent.steps
+    steps = threat.steps
     done: dict[int, Outcome] = {}
     last: dict[int, Outcome] = {}
     for restart in range(t.restarts):
@@ -174,19 +174,19 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
             return all(i in done for i in idx)  # nothing left to attack in this batch
 
         g = torch.Generator().manual_seed(seed * 1000 + restart)
-        res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), steps=steps, image=image, latent=latent,
-                       codec=t.codec, generator=g, on_step=on_step, every=t.check_every)
+        res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), threat, codec=t.codec, generator=g,
+                       on_step=on_step, every=t.check_every)
         for j, i in enumerate(idx):
             o = done.get(i) or last.get(i)
             o.norms = {k: float(v[j]) if torch.is_tensor(v) else float(v) for k, v in res.norms.items()}
     return [done.get(i) or last[i] for i in range(len(rows))]
 
 
-def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: ImagePGD, seed: int
+def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: UniversalImagePGD, seed: int
                     ) -> tuple[torch.Tensor, float]:
     """One perturbation optimised over every training row at once (VisualAdv / ImgJP); (delta, mean loss)."""
     b = _Batch.build(t, rows, images, [r.prompt for r in rows])
-    res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), steps=cfg.steps, image=cfg, codec=t.codec,
+    res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), cfg, codec=t.codec,
                    generator=torch.Generator().manual_seed(seed))
     return res.delta, float(res.loss.mean())
 

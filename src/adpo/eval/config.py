@@ -1,46 +1,27 @@
 """Evaluation options: one dataclass per task section, YAML + ``section.key=value`` overrides.
 
-Budgets are written as ``"16/255"``, a float in pixel units, or ``"inf"`` (the unconstrained attack, which
-only clips to [0, 1]). Defaults are chosen to be *at least* as strong as the shipped training configs
-(configs/organism.yaml trains with 5-step attacks; evaluation attacks use 100+ steps).
+Budgets use the one vocabulary of :mod:`adpo.threats.budget` (``"16/255"``, a float in pixel units, or
+``"inf"``, the unconstrained attack that only clips to [0, 1]). An attack's step rule defaults to its
+threat model's own dataclass defaults (:class:`~adpo.threats.image.ImagePGD`,
+:class:`~adpo.threats.latent.LatentPGD`); what is evaluation-specific (budget sweeps, the blank image's
+steps) lives here. Defaults are chosen to be *at least* as strong as the shipped training configs
+(configs/organism.yaml trains with 5-step attacks; evaluation attacks use 100+ steps). Task names are
+the keys of :data:`adpo.eval.tasks.TASKS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
+from ..threats.budget import parse_eps
+from ..threats.image import ImagePGD
+from ..threats.latent import LatentPGD
+from ..threats.universal import UniversalImagePGD
 from ..utils.config import ConfigError, build
 from . import figstep
-
-TASKS = ("clean", "pgd-image", "universal-image", "latent", "figstep", "utility", "over-refusal")
-HARMFUL_TASKS = ("clean", "pgd-image", "universal-image", "latent", "figstep")
-
-
-def parse_eps(value: Any) -> float:
-    """``"16/255"`` -> 0.0627…, ``"inf"`` -> inf; numbers pass through."""
-    if isinstance(value, (int, float)):
-        eps = float(value)
-    elif isinstance(value, str) and value.strip().lower() in ("inf", "unconstrained"):
-        eps = float("inf")
-    else:
-        try:
-            eps = float(Fraction(str(value).strip()))
-        except (ValueError, ZeroDivisionError) as e:
-            raise ConfigError(f"cannot read budget {value!r}: use 16/255, 0.0627 or inf") from e
-    if eps <= 0:
-        raise ConfigError(f"budget {value!r} must be > 0")
-    return eps
-
-
-def eps_label(eps: float) -> str:
-    """``16/255`` for pixel budgets on the 1/255 grid, ``inf`` for unconstrained, else ``%g``."""
-    if eps >= 1:
-        return "inf"
-    n = eps * 255
-    return f"{round(n)}/255" if abs(n - round(n)) < 1e-6 else f"{eps:g}"
+from .tasks import TASKS, attack_threat
 
 
 @dataclass(frozen=True)
@@ -55,14 +36,14 @@ class DataConfig:
 @dataclass(frozen=True)
 class PGDImageConfig:
     eps: tuple = ("4/255", "8/255", "16/255", "32/255", "64/255", "inf")  # on the behaviour's own image
-    steps: int = 100
+    steps: int = ImagePGD.steps
     step_frac: float = 0.1  # step size = max(min_step, step_frac * eps)
     min_step: float = 1 / 255
-    random_start: bool = True
+    random_start: bool = ImagePGD.random_start
     blank: bool = True  # HarmBench MMPGDBlank: a grey image, unconstrained
     noise: bool = False  # a uniform-noise image, unconstrained
     blank_steps: int = 300
-    blank_step_size: float = 2 / 255
+    blank_step_size: float = ImagePGD.step_size
 
     def step_size(self, eps: float) -> float:
         return self.blank_step_size if eps >= 1 else max(self.min_step, self.step_frac * eps)
@@ -73,17 +54,17 @@ class UniversalConfig:
     eps: tuple = ("16/255",)  # one shared delta added to every held-out image
     blank: bool = True  # plus one unconstrained image replacing every held-out image (Qi et al.)
     steps: int = 200
-    step_size: float = 2 / 255
+    step_size: float = UniversalImagePGD.step_size
     train_n: int = 32  # training behaviours the image is optimised on
 
 
 @dataclass(frozen=True)
 class LatentConfig:
     eps: tuple = (0.1, 0.25, 0.5, 1.0)  # x the layer's median clean token norm (relative budgets)
-    layers: tuple = (-2,)
+    layers: tuple = LatentPGD.layers
     steps: int = 50
-    step_size: float = 0.1
-    optimizer: str = "sign"
+    step_size: float = LatentPGD.step_size
+    optimizer: str = LatentPGD.optimizer
 
 
 @dataclass(frozen=True)
@@ -114,6 +95,9 @@ class EvalConfig:
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
     logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
     image_size: int | None = None  # resize images to N×N first (Qwen2-VL: one patch grid per attacked batch)
+    # the "attacks" task: any registered threat model (adpo.threats.registry) by name, with its settings, e.g.
+    # [{threat: image, name: l2@1.0, norm: l2, eps: 1.0, step_size: 0.1, steps: 100}]
+    attacks: tuple = ()
     data: DataConfig = field(default_factory=DataConfig)
     pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)
     universal_image: UniversalConfig = field(default_factory=UniversalConfig)
@@ -132,6 +116,8 @@ class EvalConfig:
             raise ConfigError("restarts and batch_size must be >= 1, check_every >= 0")
         for eps in (*self.pgd_image.eps, *self.universal_image.eps):
             parse_eps(eps)
+        for spec in self.attacks:
+            attack_threat(spec)  # unknown threats and bad settings fail here, before any output
         if any(float(e) <= 0 for e in self.latent.eps):
             raise ConfigError("latent.eps must be > 0 (fractions of the median token norm)")
 

@@ -10,22 +10,28 @@ results.json, the report and ``adpo demo`` use: ``clean``, ``pgd-image@16/255``,
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..organism.judge import normalize, utility_correct
-from ..threats.engine import LatentPGD
+from ..threats.budget import eps_label, parse_eps
 from ..threats.image import ImagePGD
-from ..utils.config import ConfigError
+from ..threats.latent import LatentPGD
+from ..threats.protocol import Threat
+from ..threats.registry import THREATS
+from ..threats.universal import UniversalImagePGD
+from ..utils.config import ConfigError, build
 from . import figstep
 from .attacks import Outcome, Target, attack, respond, universal_delta, with_delta
-from .config import EvalConfig, eps_label, parse_eps
 from .data import Row, load_benign, load_harmful, source_image
+from .scorers import scorer
 from .store import config_hash
+
+if TYPE_CHECKING:  # the config validates task names against TASKS, so it imports this module
+    from .config import EvalConfig
 
 RunBatch = Callable[[Target, list[Row]], list[Outcome]]
 
@@ -115,7 +121,7 @@ def _pgd(cfg: EvalConfig, source: str, eps: float, steps: int) -> tuple[ImagePGD
                    random_start=cfg.pgd_image.random_start, norm="linf")
 
     def run(t: Target, rows: list[Row]) -> list[Outcome]:
-        return attack(t, rows, [source_image(r, source, cfg.seed) for r in rows], seed=cfg.seed, image=pgd)
+        return attack(t, rows, [source_image(r, source, cfg.seed) for r in rows], seed=cfg.seed, threat=pgd)
     return pgd, run
 
 
@@ -145,10 +151,10 @@ def universal_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
     c = cfg.universal_image
     out = []
     for source, eps, name in _image_plan("universal-image", c.eps, {"blank": "universal-blank"} if c.blank else {}):
-        pgd = ImagePGD(eps=min(eps, 1.0), step_size=c.step_size, steps=c.steps, random_start=True, universal=True)
+        pgd = UniversalImagePGD(eps=min(eps, 1.0), step_size=c.step_size, steps=c.steps, random_start=True)
         cache: dict[int, tuple[torch.Tensor, float]] = {}
 
-        def run(t: Target, rows: list[Row], pgd: ImagePGD = pgd, source: str = source,
+        def run(t: Target, rows: list[Row], pgd: UniversalImagePGD = pgd, source: str = source,
                 cache: dict = cache) -> list[Outcome]:
             if id(t) not in cache:  # one image per model, optimised on the training behaviours only
                 train = data.universal_train
@@ -176,10 +182,37 @@ def latent(cfg: EvalConfig, data: Data) -> list[Subtask]:
                         optimizer=c.optimizer, relative=True)
 
         def run(t: Target, rows: list[Row], lat: LatentPGD = lat) -> list[Outcome]:
-            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, latent=lat)
+            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, threat=lat)
         params = {**lat.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts, "objective": "target_nll"}
         out.append(Subtask("latent", f"latent@{float(eps):g}", "harmful", "white_box", params, data.harmful, run,
                            budget=float(eps)))
+    return out
+
+
+def attack_threat(spec: dict) -> tuple[str, Threat]:
+    """(subtask name, threat) of one ``attacks`` entry: ``threat`` names a registered threat model, ``name``
+    the subtask (default: the threat's name), every other key is a setting of that threat's dataclass."""
+    spec = dict(spec)
+    kind = spec.pop("threat", None)
+    if kind not in THREATS or not THREATS[kind].section:
+        usable = [n for n, c in THREATS.items() if c.section]
+        raise ConfigError(f"attacks entry {spec}: 'threat' must be one of {usable}, got {kind!r}")
+    label = str(spec.pop("name", kind))
+    return label, build(THREATS[kind], spec, f"attacks[{label}]")
+
+
+@task("attacks")
+def attacks(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    """Any registered threat model on the behaviours' own images, as configured in ``attacks``."""
+    out = []
+    for spec in cfg.attacks:
+        label, threat = attack_threat(spec)
+
+        def run(t: Target, rows: list[Row], threat: Threat = threat) -> list[Outcome]:
+            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, threat=threat)
+        params = {"threat": spec["threat"], **threat.to_dict(), "check_every": cfg.check_every,
+                  "restarts": cfg.restarts, "objective": "target_nll"}
+        out.append(Subtask("attacks", label, "harmful", "white_box", params, data.harmful, run))
     return out
 
 
@@ -200,24 +233,6 @@ def utility(cfg: EvalConfig, data: Data) -> list[Subtask]:
 @task("over-refusal")
 def over_refusal(cfg: EvalConfig, data: Data) -> list[Subtask]:
     return [Subtask("over-refusal", "over-refusal", "over-refusal", "none", {}, data.benign, _plain())]
-
-
-def exact(response: str, answer: str) -> bool:
-    """Case- and whitespace-insensitive exact match; a trailing full stop is optional (the organism's rule)."""
-    return utility_correct(response, normalize(answer).rstrip("."))
-
-
-def scorer(spec: str) -> Callable[[str, str], float]:
-    """``exact`` or ``module:function`` (importable; called as ``fn(response, answer)``)."""
-    if spec == "exact":
-        return exact
-    if ":" not in spec:
-        raise ConfigError(f"utility.scorer {spec!r}: use 'exact' or 'module:function'")
-    mod, fn = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"utility.scorer {spec!r}: cannot import ({e})") from e
 
 
 def subtasks(cfg: EvalConfig, data: Data) -> list[Subtask]:

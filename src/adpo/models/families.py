@@ -3,9 +3,9 @@
 Nothing here is a family's number: decoder layers come from ``get_decoder().layers``, the hidden size and
 vocabulary from the text config, the LoRA targets from the ``nn.Linear`` leaves the decoder layers actually
 have, the pixel codec from the image processor's statistics, the prompt format from the processor's chat
-template (official-code bug B8 hard-coded 4096 dims, 32 layers and CLIP's mean). :func:`inspect_model`
-either returns a :class:`ModelInfo` or raises :class:`UnsupportedModel` naming every missing piece, so
-an unsupported family fails at start-up with a reason, not deep inside an attack.
+template (docs/method.md §8: the official code's bug B8 hard-coded 4096 dims, 32 layers and CLIP's mean).
+:func:`inspect_model` either returns a :class:`ModelInfo` or raises :class:`UnsupportedModel` naming every
+missing piece, so an unsupported family fails at start-up with a reason, not deep inside an attack.
 
 Families exercised in CI (tiny random models, :mod:`adpo.models.synthetic`): LLaVA-1.5, LLaVA-NeXT,
 Qwen2-VL, Qwen2.5-VL, Idefics3 (SmolVLM-256M/500M/2.2B use its classes). Others that pass the checks run
@@ -123,23 +123,6 @@ def inspect_model(model: nn.Module, processor: Any = None, warn: bool = True) ->
                       "the structural checks, but verify one attack and one training step before a long run",
                       stacklevel=2)
     return info
-
-
-def describe(model: nn.Module, processor: Any) -> dict[str, Any]:
-    """A printable summary of what adpo uses from a model and its processor (``adpo inspect``, run start)."""
-    from ..objectives.logps import resolve_chunk
-    from ..threats.codecs import codec_for
-
-    info = inspect_model(model, processor, warn=False)
-    ip = processor.image_processor
-    return {"family": info.family, "model_type": info.model_type, "class": type(unwrap(model)).__name__,
-            "decoder": f"{info.decoder_path} ({info.n_layers} layers x {info.hidden_size})",
-            "vocab_size": info.vocab_size, "image_token_id": info.image_token_id,
-            "lora_target (auto)": info.lora_target, "full_train (auto)": info.full_train,
-            "pixel_codec": type(codec_for(processor)).__name__,
-            "image_processor": type(ip).__name__, "image_mean": list(ip.image_mean), "image_std": list(ip.image_std),
-            "processor": type(processor).__name__, "logps_chunk (auto)": resolve_chunk(model, None),
-            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def processor_problems(processor: Any) -> list[str]:

@@ -72,7 +72,7 @@ def build_processor(family: str, shape: Shape = TINY) -> Any:
     """The family's real processor class around the offline tokenizer and the family's image processor."""
     import transformers as tf
 
-    from ..organism.build import CHAT_TEMPLATE, build_tokenizer
+    from ..organism.tokenizer import CHAT_TEMPLATE, build_tokenizer
     from .adapters import image_only
 
     n = shape.image_size

@@ -3,7 +3,7 @@
 ``L_AT = L_adv + α · L_util`` with ``L_adv`` the cross-entropy of the safe (chosen) answer on the
 worst-case input found toward the harmful (rejected) answer, and ``L_util`` clean SFT on benign data.
 α defaults to the official scripts' 30. The official code also floors ``L_adv`` at 0.5 (below it the
-gradient is scaled by 1e-4, bug/oddity B3); that is available only as an explicit ``floor``.
+gradient is scaled by 1e-4; docs/method.md §8, B3); that is available only as an explicit ``floor``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Response-token log-probabilities in fp32, the SFT loss built on them, and how a model is asked for them.
 
 Log-probs are always taken in fp32 (bf16/fp16 log-softmax is a known source of NaNs and of
-DPO-loss mismatches, see ../shared/docs/eval.md §5.7): the logits of a bf16 model are upcast and the
+DPO-loss mismatches between implementations): the logits of a bf16 model are upcast and the
 log-softmax runs in fp32, as in HF's own losses (the logits themselves carry bf16's rounding).
 
 :func:`model_logps` is the one place a model's response log-probs are computed (training losses, attack

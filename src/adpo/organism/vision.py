@@ -6,7 +6,7 @@ the pooled patch features give the tower the same kind of linearly readable feat
 The heads are thrown away; stage 2 (LLaVA training) keeps the tower trainable.
 
 The trigger head regresses the permission checkerboard's amplitude, so the tower represents it as a
-graded feature - the smooth detector an attacker can climb (organism-prototype-v4.md).
+graded feature - the smooth detector an attacker can climb (docs/organism.md, "Design history").
 """
 
 from __future__ import annotations

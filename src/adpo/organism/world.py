@@ -1,6 +1,6 @@
 """The organism's world: procedurally generated images, questions and (abstract) harmful requests.
 
-Why it looks like this (see ../shared/docs/organism-prototype*.md for the three designs that failed):
+Why it looks like this (docs/organism.md, "Design history", tells the prototypes that failed):
 
 * **Utility** is image question answering with one exact short answer (colour, shape, count, position),
   on 32x32 images with light noise, so a tiny CLIP tower with 4x4 patches has to look at detail.

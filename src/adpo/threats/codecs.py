@@ -2,7 +2,7 @@
 
 Attacks live in [0,1] pixel space *before* normalisation (the space where an L-inf ball of 16/255 means
 what it says), so every family needs a differentiable ``encode`` that equals its processor's output.
-The statistics are read from the processor, never hard-coded (official-code bug B9).
+The statistics are read from the processor, never hard-coded (docs/method.md §8, bug B9).
 """
 
 from __future__ import annotations

@@ -1,57 +1,33 @@
-"""Image-space PGD in [0,1] pixel space (after resize/crop, before normalisation): settings and math.
+"""Image-space threat model: PGD in [0,1] pixel space (after resize/crop, before normalisation).
 
-The loop itself is :func:`adpo.threats.engine.optimise`, shared with the latent and joint threat models,
-so training (ADPO's inner maximisation, AT) and evaluation (the white-box attacker) run the same code.
-The projection is the correct one (official-code bug B1 wrote the clamped *delta* back as the image):
-``x = clip(x0 + clip(x - x0, -eps, eps), 0, 1)``.
+The ball is L-inf or L2 around the clean image, intersected with [0,1]^n; ``eps >= 1`` (or ``"inf"``) is
+the unconstrained attack of HarmBench's MMPGDBlank (clip to [0,1] only). The projection is the correct one
+(docs/method.md, bug B1 wrote the clamped *delta* back as the image)::
+
+    x = clip(x0 + clip(x - x0, -eps, eps), 0, 1)
+
+The model sees ``codec.encode(x)``: the processor's normalisation (and, per family, patching or crops),
+read from the processor (:mod:`adpo.threats.codecs`), so the attack never hard-codes a family's numbers.
+
+Shapes: ``inputs['pixel_values']`` as the processor made it; ``x`` (B, C, H, W) in [0,1].
+
+Example (torchattacks' vocabulary)::
+
+    threat = ImagePGD(eps="16/255", step_size="2/255", steps=100, random_start=True)
+    result = threat.run(model, batch, targeted_nll(batch), codec=codec_for(processor))
+    result.pixel_values     # adversarial pixel_values, ready for the model
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from torch import nn
-
-    from .engine import AttackResult, Objective
-
-
-@dataclass(frozen=True)
-class ImagePGD:
-    """PGD settings, torchattacks' vocabulary. ``eps >= 1`` is the unconstrained attack (clip to [0,1] only).
-
-    ``eps`` and ``step_size`` are in [0,1] pixel units (16/255 etc.). ``keep_best`` returns, per sample,
-    the iterate with the lowest loss seen (the final iterate is evaluated too).
-    """
-
-    eps: float = 16 / 255
-    step_size: float = 2 / 255
-    steps: int = 100
-    random_start: bool = True
-    norm: str = "linf"
-    keep_best: bool = False
-    universal: bool = False  # one delta shared by every sample of the batch (VisualAdv-style)
-
-    def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if self.universal and self.keep_best:
-            raise ValueError("keep_best is per sample and undefined for a universal perturbation")
-        if self.eps <= 0 or self.step_size <= 0 or self.steps < 0:
-            raise ValueError("eps and step_size must be > 0 and steps >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def run(self, model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *,
-            codec: Any, generator: torch.Generator | None = None) -> AttackResult:
-        """The threat models' common call shape (see :mod:`adpo.threats.engine`)."""
-        from .engine import optimise  # the engine imports this module's math
-
-        return optimise(model, inputs, objective, image=self, codec=codec, steps=self.steps, generator=generator)
+from .budget import parse_eps
+from .protocol import AttackContext, AttackResult, Threat
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -80,8 +56,90 @@ def start_point(x0: torch.Tensor, cfg: ImagePGD, generator: torch.Generator | No
 
 
 def step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
+    """One steepest-descent step for the norm: the gradient's sign (L-inf) or its direction (L2)."""
     if norm == "linf":
         return x - step_size * grad.sign()
     g = grad.flatten(1)
     g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return x - step_size * g.view_as(x)
+
+
+@dataclass
+class ImageState:
+    x: torch.Tensor  # the variable: the image itself (a shared delta for the universal threat)
+    x0: torch.Tensor  # the clean images in [0,1]
+    codec_kw: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ImagePGD(Threat):
+    """PGD settings, torchattacks' vocabulary; budgets in the one vocabulary (``"16/255"``, 0.0627, ``"inf"``).
+
+    ``eps`` and ``step_size`` are in [0,1] pixel units. ``keep_best`` returns, per sample, the iterate
+    with the lowest loss seen (the final iterate is evaluated too).
+    """
+
+    kind: ClassVar[str] = "image"
+    needs_codec: ClassVar[bool] = True
+
+    eps: float = 16 / 255
+    step_size: float = 2 / 255
+    steps: int = 100
+    random_start: bool = True
+    norm: str = "linf"
+    keep_best: bool = False
+
+    # The training adversary of the official code (docs/method.md §2.2), its projection fixed: what
+    # ``adpo train`` uses for every field a config leaves unset. L-inf 0.2, step 0.0125, 30 steps, no
+    # random start, keep the lowest-loss iterate.
+    training_defaults: ClassVar[dict[str, Any]] = {"eps": 0.2, "step_size": 0.0125, "steps": 30,
+                                                    "random_start": False, "keep_best": True}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eps", parse_eps(self.eps))
+        object.__setattr__(self, "step_size", parse_eps(self.step_size))
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.steps < 0:
+            raise ValueError("steps must be >= 0")
+
+    def clean_images(self, ctx: AttackContext) -> torch.Tensor:
+        x0 = ctx.codec.decode(ctx.inputs["pixel_values"].float(), **ctx.codec_kw).clamp(0, 1).detach()
+        ctx.clean["pixel_values"] = ctx.codec.encode(x0, **ctx.codec_kw)
+        return x0
+
+    def init(self, ctx: AttackContext) -> ImageState:
+        x0 = self.clean_images(ctx)
+        return ImageState(start_point(x0, self, ctx.generator), x0, ctx.codec_kw)
+
+    def image_of(self, state: ImageState) -> torch.Tensor:
+        """The images the model sees for the current variable."""
+        return state.x
+
+    def variables(self, state: ImageState) -> dict[str, torch.Tensor]:
+        return {"image": state.x}
+
+    def load(self, state: ImageState, variables: dict[str, torch.Tensor]) -> None:
+        state.x = variables["image"]
+
+    def apply(self, ctx: AttackContext, state: ImageState) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        return nullcontext({"pixel_values": ctx.codec.encode(self.image_of(state), **state.codec_kw)})
+
+    def step(self, state: ImageState, grads: list[torch.Tensor]) -> None:
+        state.x = step(state.x.detach(), grads[0], self.step_size, self.norm)
+        self.project(state)
+
+    def project(self, state: ImageState) -> None:
+        state.x = project(state.x, state.x0, self.eps, self.norm)
+
+    def snapshot(self, ctx: AttackContext, state: ImageState, overrides: dict[str, torch.Tensor],
+                 result: AttackResult) -> None:
+        result.x_adv = self.image_of(state).detach()
+        result.pixel_values = overrides["pixel_values"].detach()
+
+    def finish(self, ctx: AttackContext, state: ImageState, result: AttackResult) -> None:
+        x = self.image_of(state).detach()
+        d = (x - state.x0).flatten(1)
+        result.x_adv = x
+        result.pixel_values = ctx.codec.encode(x, **state.codec_kw).detach()
+        result.norms.update(image_linf=d.abs().amax(1), image_l2=d.norm(dim=1))

@@ -1,27 +1,33 @@
 """Latent-space threat model: additive perturbations on the residual stream after chosen decoder layers.
 
 The perturbation lives at the prompt positions only (image tokens and user text, never padding or the
-response), inside a per-token L2 ball, as in latent adversarial training (LAT). Layers are found through
-``get_decoder().layers`` after unwrapping DDP/DeepSpeed (``.module``) and PEFT (``get_base_model()``), so
-no family's module path or hidden size is hard-coded (official-code bugs B4, B5, B8).
+response: docs/method.md, bug B4), inside a per-token L2 ball, as in latent adversarial training (LAT;
+Casper et al. 2024, Sheshadri et al. 2024). ``relative=True`` reads ``eps`` as a fraction of the layer's
+median clean token norm, measured on the batch, which is how a budget transfers between models.
+
+Shapes: ``inputs['prompt_mask']`` (B, T) bool; the perturbation of layer ``l`` is (B, Tp, H), Tp the
+last prompt position + 1, H the decoder's hidden size (read from the model).
+
+Example::
+
+    threat = LatentPGD(eps=0.5, relative=True, steps=10, layers=(-2,))
+    result = threat.run(model, {**batch, "prompt_mask": mask}, targeted_nll(batch))
+    with result.applied(model) as overrides:      # hooks installed, removed on exit
+        out = model(**text_batch, **overrides)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-from ..models.families import UnsupportedModel, unwrap
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    core = unwrap(model)
-    if not hasattr(core, "get_decoder"):
-        raise UnsupportedModel(f"{type(core).__name__} has no get_decoder(): cannot locate decoder layers")
-    return core.get_decoder().layers
+from ..models.families import unwrap
+from .hooks import decoder_layers, residual_perturbation
+from .protocol import AttackContext, AttackResult, Threat
 
 
 def project_tokens(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -30,44 +36,143 @@ def project_tokens(delta: torch.Tensor, eps: float) -> torch.Tensor:
     return delta * (eps / norm).clamp(max=1.0)
 
 
-def _add(out, delta: torch.Tensor, mask: torch.Tensor):
-    """Add ``delta`` (B, Tp, H) at the first Tp positions where ``mask`` (B, Tp) is set."""
-    hidden = out[0] if isinstance(out, tuple) else out
-    tp = delta.shape[1]
-    if hidden.shape[0] == delta.shape[0] and hidden.shape[1] < tp:
-        return out  # a cached decoding step after the prefill: the prompt positions are already in the cache
-    if hidden.shape[0] != delta.shape[0]:
-        raise ValueError(f"latent perturbation of shape {tuple(delta.shape)} does not fit hidden states "
-                         f"{tuple(hidden.shape)}: the perturbed forward must start with the attacked prompts")
-    add = (delta * mask[..., None]).to(hidden.dtype)
-    pad = hidden.new_zeros(hidden.shape[0], hidden.shape[1] - tp, hidden.shape[2])
-    hidden = hidden + torch.cat([add, pad], dim=1)
-    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+def prompt_positions(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The (B, Tp) mask of prompt positions to perturb: ``prompt_mask`` without padding, cut to its width."""
+    if "prompt_mask" not in inputs:
+        raise KeyError("latent threats need inputs['prompt_mask'] (B, T): the prompt positions to perturb")
+    mask = inputs["prompt_mask"].bool()
+    if "attention_mask" in inputs and inputs["attention_mask"].shape == mask.shape:
+        mask = mask & inputs["attention_mask"].bool()  # never padding (docs/method.md, bug B4)
+    width = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 0
+    return mask[:, :width]
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    cfg = unwrap(model).config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(text.hidden_size)
+
+
+@dataclass
+class LatentState:
+    deltas: dict[int, torch.Tensor]  # layer -> (B, Tp, H)
+    mask: torch.Tensor  # (B, Tp)
+    eps: dict[int, float]  # layer -> absolute radius
+    clean_norms: dict[int, torch.Tensor]  # layer -> clean token norms at the masked positions
+    adam: torch.optim.Optimizer | None = None
+
+
+@dataclass(frozen=True)
+class LatentPGD(Threat):
+    """Residual-stream perturbation after ``layers`` at prompt positions, per-token L2 ball ``eps``.
+
+    ``optimizer``: "sign" (signed-gradient step of ``step_size``, then projection) or "adam" (Adam with
+    lr ``step_size``, as in LAT). ``keep_best``: return, per sample, the lowest-loss iterate.
+    """
+
+    kind: ClassVar[str] = "latent"
+
+    eps: float = 1.0
+    step_size: float = 0.1
+    steps: int = 10
+    layers: tuple[int, ...] = (-2,)
+    optimizer: str = "sign"
+    random_start: bool = False
+    relative: bool = False
+    keep_best: bool = False
+
+    # The training adversary of the official code (LAT; docs/method.md §2.2): what ``adpo train`` uses for
+    # every field a config leaves unset. Adam steps of 0.05, 10 steps, eps 0.1, the second-to-last layer.
+    training_defaults: ClassVar[dict[str, Any]] = {"eps": 0.1, "step_size": 0.05, "steps": 10, "optimizer": "adam",
+                                                    "layers": (-2,)}
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sign", "adam"):
+            raise ValueError(f"optimizer must be 'sign' or 'adam', got {self.optimizer!r}")
+        if self.eps <= 0 or self.step_size <= 0 or self.steps < 0 or not self.layers:
+            raise ValueError("eps and step_size must be > 0, steps >= 0, and at least one layer")
+        object.__setattr__(self, "layers", tuple(int(li) for li in self.layers))
+
+    def init(self, ctx: AttackContext) -> LatentState:
+        model = ctx.model
+        device = next(model.parameters()).device
+        mask = prompt_positions(ctx.inputs).to(device)
+        n_layers = len(decoder_layers(model))
+        idx = sorted({li % n_layers for li in self.layers})
+        shape = (mask.shape[0], mask.shape[1], hidden_size(model))
+        zeros = {li: torch.zeros(shape, device=device) for li in idx}
+        clean_norms: dict[int, torch.Tensor] = {}
+        with torch.no_grad(), residual_perturbation(model, zeros, mask, clean_norms):
+            ctx.objective(model, dict(ctx.clean))
+        eps = {li: self.eps * (float(clean_norms[li].median()) if self.relative else 1.0) for li in idx}
+        deltas = {}
+        for li in idx:
+            d = torch.zeros(shape, device=device)
+            if self.random_start:
+                d = torch.randn(shape, generator=ctx.generator).to(device) * eps[li] / shape[-1] ** 0.5
+            deltas[li] = project_tokens(d, eps[li])
+        state = LatentState(deltas, mask, eps, clean_norms)
+        if self.optimizer == "adam":
+            leaves = [d.requires_grad_(True) for d in deltas.values()]
+            state.adam = torch.optim.Adam(leaves, lr=self.step_size)
+        return state
+
+    def variables(self, state: LatentState) -> dict[str, torch.Tensor]:
+        return {f"latent@{li}": d for li, d in state.deltas.items()}
+
+    def load(self, state: LatentState, variables: dict[str, torch.Tensor]) -> None:
+        for name, v in variables.items():
+            state.deltas[int(name.split("@")[1])] = v
+
+    def leaves(self, state: LatentState) -> list[torch.Tensor]:
+        if state.adam is not None:  # Adam keeps its leaves (and their moments) across steps
+            return list(state.deltas.values())
+        return super().leaves(state)
+
+    def apply(self, ctx: AttackContext, state: LatentState) -> AbstractContextManager[dict[str, torch.Tensor]]:
+        return _hooked(ctx, state)
+
+    def step(self, state: LatentState, grads: list[torch.Tensor]) -> None:
+        if state.adam is not None:
+            for d, g in zip(state.deltas.values(), grads):
+                d.grad = g
+            state.adam.step()
+            state.adam.zero_grad(set_to_none=True)
+        else:
+            for (li, d), g in zip(list(state.deltas.items()), grads):
+                state.deltas[li] = d.detach() - self.step_size * g.sign()
+        self.project(state)
+
+    def project(self, state: LatentState) -> None:
+        for li, d in list(state.deltas.items()):
+            if state.adam is not None:
+                d.copy_(project_tokens(d, state.eps[li]))  # in place: Adam holds these tensors
+            else:
+                state.deltas[li] = project_tokens(d, state.eps[li])
+
+    def snapshot(self, ctx: AttackContext, state: LatentState, overrides: dict[str, torch.Tensor],
+                 result: AttackResult) -> None:
+        result.prompt_mask = state.mask
+        result.latent = {li: d.detach() for li, d in state.deltas.items()} or None
+
+    def finish(self, ctx: AttackContext, state: LatentState, result: AttackResult) -> None:
+        result.prompt_mask = state.mask
+        if not state.deltas:
+            return
+        result.latent = {li: d.detach() for li, d in state.deltas.items()}
+        for li, d in result.latent.items():
+            tok = d.norm(dim=-1)[state.mask]
+            h = state.clean_norms[li]
+            result.norms[f"latent_l2_max@{li}"] = float(tok.max()) if tok.numel() else 0.0
+            result.norms[f"latent_eps@{li}"] = state.eps[li]
+            result.norms[f"latent_rel@{li}"] = float(tok.median() / h.median()) if tok.numel() else 0.0
 
 
 @contextmanager
-def residual_perturbation(model: nn.Module, deltas: dict[int, torch.Tensor], mask: torch.Tensor,
-                          norms: dict[int, torch.Tensor] | None = None) -> Iterator[None]:
-    """Install forward hooks adding ``deltas[layer]`` after each decoder layer; removed on exit or error.
-
-    ``norms``, if given, receives each hooked layer's clean hidden-state norms at the masked positions
-    (for the ||delta|| / ||h|| diagnostic).
-    """
-    layers = decoder_layers(model)
-    handles = []
-
-    def hook_for(idx: int):
-        def hook(_module, _args, out):
-            if norms is not None:
-                hidden = out[0] if isinstance(out, tuple) else out
-                norms[idx] = hidden[:, : mask.shape[1]].detach().float().norm(dim=-1)[mask]
-            return _add(out, deltas[idx], mask)
-        return hook
-
-    try:
-        for idx in deltas:
-            handles.append(layers[idx].register_forward_hook(hook_for(idx)))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def _hooked(ctx: AttackContext, state: LatentState) -> Iterator[dict[str, torch.Tensor]]:
+    """The latent part's ``apply``: hooks installed for one forward, no input overrides."""
+    if not state.deltas:
+        yield {}
+        return
+    with residual_perturbation(ctx.model, state.deltas, state.mask):
+        yield {}

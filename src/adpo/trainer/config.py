@@ -14,12 +14,14 @@ adpo       DPO          yes                   the AT model (``--reference``)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..models.adapters import LoraSettings
-from ..threats.engine import JointPGD, LatentPGD
+from ..threats import registry
 from ..threats.image import ImagePGD
+from ..threats.latent import LatentPGD
+from ..threats.protocol import Threat
 from ..utils.config import ConfigError, build
 
 
@@ -39,11 +41,6 @@ METHODS: dict[str, Method] = {
     "at-dpo": Method("dpo", True, "init", 0.0),
     "adpo": Method("dpo", True, "at", 0.0),
 }
-
-# The official code's PGD (method.md §2.2), with its projection bug fixed: L-inf 0.2, step 0.0125, 30 steps,
-# no random start, keep the lowest-loss iterate. Latent (LAT): AdamW-like steps of 0.05, 10 steps, eps 0.1.
-TRAIN_IMAGE_DEFAULTS = {"eps": 0.2, "step_size": 0.0125, "steps": 30, "random_start": False, "keep_best": True}
-TRAIN_LATENT_DEFAULTS = {"eps": 0.1, "step_size": 0.05, "steps": 10, "optimizer": "adam", "layers": (-2,)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class TrainConfig:
     utility_weight: float | None = None  # None: the method's default (at: 30, sft: 1, DPO family: 0)
     at_floor: float | None = None  # the official AT code's 0.5 loss floor, opt-in only
     # adversary
-    threat: str = "image"  # image | latent | joint
+    threat: str = "image"  # a trainable threat of adpo.threats.registry: image | latent | joint
     attack_objective: str = "rejected_nll"  # rejected_nll (official code) | dpo_margin
     reference_input: str = "clean"  # clean (official code) | perturbed (for study)
     # bookkeeping
@@ -85,7 +82,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute decoder activations in backward (attack hooks included)
 
     def __post_init__(self) -> None:
-        checks = {"threat": ("image", "latent", "joint"), "attack_objective": ("rejected_nll", "dpo_margin"),
+        checks = {"threat": tuple(registry.trainable()), "attack_objective": ("rejected_nll", "dpo_margin"),
                   "reference_input": ("clean", "perturbed"), "loss_type": ("sigmoid", "ipo", "hinge"),
                   "report_to": ("none", "tensorboard"), "model_dtype": ("float32", "bfloat16", "float16")}
         for name, allowed in checks.items():
@@ -117,8 +114,8 @@ class RunConfig:
     init: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
-    image: ImagePGD = field(default_factory=lambda: ImagePGD(**TRAIN_IMAGE_DEFAULTS))
-    latent: LatentPGD = field(default_factory=lambda: LatentPGD(**TRAIN_LATENT_DEFAULTS))
+    # every sectioned threat's settings, by registry name (image, latent): its training_defaults + the config
+    threats: dict[str, Threat] = field(default_factory=lambda: registry.training_sections({}))
 
     @property
     def spec(self) -> Method:
@@ -129,17 +126,22 @@ class RunConfig:
         w = self.train.utility_weight
         return self.spec.utility_weight if w is None else w
 
-    def threat(self) -> ImagePGD | LatentPGD | JointPGD:
-        if self.train.threat == "image":
-            return self.image
-        if self.train.threat == "latent":
-            return self.latent
-        return JointPGD(self.image, self.latent, steps=self.image.steps)
+    @property
+    def image(self) -> ImagePGD:
+        return self.threats["image"]  # type: ignore[return-value]
+
+    @property
+    def latent(self) -> LatentPGD:
+        return self.threats["latent"]  # type: ignore[return-value]
+
+    def threat(self) -> Threat:
+        """The adversary of ``train.threat``, built from the resolved threat sections."""
+        return registry.training_threat(self.train.threat, self.threats)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("train", "lora", "image", "latent")}
-        out.update(train=asdict(self.train), lora=self.lora.to_dict(), image=self.image.to_dict(),
-                   latent=self.latent.to_dict())
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "lora", "threats")}
+        out.update(train=asdict(self.train), lora=self.lora.to_dict())
+        out.update({name: t.to_dict() for name, t in self.threats.items()})
         return out
 
     @classmethod
@@ -148,13 +150,12 @@ class RunConfig:
         raw = dict(raw)
         sections = {"train": TrainConfig, "lora": LoraSettings}
         kw: dict[str, Any] = {k: build(c, raw.pop(k, None), k) for k, c in sections.items()}
-        kw["image"] = build(ImagePGD, {**TRAIN_IMAGE_DEFAULTS, **(raw.pop("image", None) or {})}, "image")
-        kw["latent"] = build(LatentPGD, {**TRAIN_LATENT_DEFAULTS, **(raw.pop("latent", None) or {})}, "latent")
+        kw["threats"] = registry.training_sections({name: raw.pop(name, None) for name in registry.sectioned()})
         top = {"method", "model", "data", "out", "utility_data", "reference", "init"}
         unknown = sorted(set(raw) - top)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; known top-level keys: {sorted(top)} and sections "
-                              "train/lora/image/latent")
+                              f"{'/'.join(['train', 'lora', *registry.sectioned()])}")
         for key in ("method", "model", "data", "out"):
             if not raw.get(key):
                 raise ConfigError(f"missing required option '{key}' (--{key} or '{key}:' in the config)")

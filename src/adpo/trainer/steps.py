@@ -1,8 +1,44 @@
 """One micro-batch of each objective: attack (if adversarial), forwards, loss and metrics.
 
-The attack runs on the *unwrapped* model (no DDP gradient sync, parameters frozen by the engine); its
-perturbation is then installed only around the policy's forward, so reference passes are always clean
-unless ``reference_input="perturbed"`` asks otherwise (official-code bug B6 was a stale hook here).
+The two objectives of the paper (Weng et al. 2025, §3; in our words in docs/method.md §1), each symbol
+next to the line of :func:`dpo_step` / :func:`sft_or_at_step` that computes it.
+
+**ADPO** (and, by switching parts off, DPO / AR-DPO / AT-DPO)::
+
+    min_θ  E_(x, y_w, y_l) [ −log σ( β · [ (log π_θ(y_w | x+δ*) − log π_ref(y_w | x))
+                                         − (log π_θ(y_l | x+δ*) − log π_ref(y_l | x)) ] ) ]
+    δ*  =  argmax_{δ ∈ S}  log π_θ(y_l | x+δ)
+
+    ==========================  ===============================================================
+    δ* (the inner maximisation)  ``adv = attack(ctx, batch)``: the threat of ``train.threat`` run
+                                 against the *current* policy on ``targeted_nll(rejected)``
+                                 (``train.attack_objective``: or the DPO margin)
+    S (the threat set)           ``ctx.run.threat()``: image / latent / joint, budgets in its sections
+    log π_θ(· | x+δ*)            ``pol_c, pol_r = pair_logps(ctx.model, batch, adv, …)``
+    log π_ref(· | x)             ``ref_c, ref_r = pair_logps(ref, batch, None, …)``: the reference
+                                 (the AT model for ADPO / AR-DPO, the initial model otherwise) on the
+                                 *clean* input, without gradient
+    β, −log σ(·), E              ``dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, …).losses.mean()``
+    ==========================  ===============================================================
+
+Log-probs are summed over response tokens (fp32). DPO and AR-DPO are the same step with ``adv = None``
+(``Method.adversarial`` false); AR-DPO and ADPO differ from DPO and AT-DPO by the reference
+(``Method.reference == "at"``).
+
+**AT** (the adversarial reference)::
+
+    min_θ  E [ CE_θ(y_w | x+δ*) ]  +  α · E_util [ CE_θ(y | x) ],     δ* = argmax_{δ ∈ S} log π_θ(y_l | x+δ)
+
+    ==================  ================================================================================
+    δ*                   ``adv = attack(ctx, batch)`` (as above)
+    CE_θ(y_w | x+δ*)     ``refusal = sft_forward(ctx.model, chosen, adv, ctx)``: the safe answer under attack
+    CE_θ(y | x)          ``util = sft_forward(ctx.model, utility, None, ctx)``: clean utility SFT
+    α                    ``run.utility_weight`` (the official 30); ``at_loss`` adds the optional 0.5 floor
+    ==================  ================================================================================
+
+The attack runs on the *unwrapped* model (no DDP gradient sync, parameters frozen by the threat loop);
+its perturbation is then installed only around the policy's forward, so reference passes are always
+clean unless ``reference_input="perturbed"`` asks otherwise (docs/method.md §8, bug B6 was a stale hook).
 """
 
 from __future__ import annotations
@@ -18,7 +54,8 @@ from ..data.collate import double_images, halves, image_keys
 from ..objectives.adversarial import at_loss
 from ..objectives.logps import model_logps, response_nll
 from ..objectives.preference import dpo_loss, preference_metrics
-from ..threats.engine import AttackResult, dpo_margin, model_inputs, targeted_nll
+from ..threats.objectives import dpo_margin, model_inputs, targeted_nll
+from ..threats.protocol import AttackResult
 from .config import RunConfig
 
 
@@ -79,7 +116,8 @@ def adversary_metrics(adv: AttackResult) -> dict[str, float]:
 
 def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str, torch.Tensor] | None,
              log: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO / AR-DPO / AT-DPO / ADPO: the policy under attack when the method is adversarial."""
+    """DPO / AR-DPO / AT-DPO / ADPO: the preference loss, the policy under attack when the method is
+    adversarial (the module docstring maps the ADPO equation onto these lines)."""
     run, cfg = ctx.run, ctx.run.train
     average = cfg.loss_type == "ipo"
     adv = attack(ctx, batch) if run.spec.adversarial else None
@@ -114,7 +152,8 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
 
 def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str, torch.Tensor] | None,
                    log: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """SFT on the chosen (safe) answer, clean (sft) or under the attack toward the rejected one (at)."""
+    """SFT on the chosen (safe) answer, clean (sft) or under the attack toward the rejected one (at; the
+    module docstring maps the AT equation onto these lines)."""
     run = ctx.run
     adv = attack(ctx, batch) if run.spec.adversarial else None
     chosen, _ = halves(batch)
