@@ -3,6 +3,9 @@
 
 Every command prints its resolved configuration first; options come from an optional YAML file
 (``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
+A problem the user can fix (:class:`adpo.utils.errors.UserError`: a bad option, row, image or model folder,
+an occupied output folder, a full disk) is one ``adpo: error: …`` line and exit status 2; a traceback
+means a bug in adpo.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import yaml
 
 from .utils.config import ConfigError, apply_overrides, build, load_yaml
+from .utils.errors import UserError
 
 
 def _organism_configs(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
@@ -245,7 +249,6 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from .data.formats import DataError
     from .models.families import UnsupportedModel
 
     parser = make_parser()
@@ -258,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + late
     try:
         return args.func(args)
-    except (ConfigError, DataError, UnsupportedModel, PermissionError, FileNotFoundError) as e:
+    # UnsupportedModel is a TypeError; OS errors about the user's paths come from libraries too
+    except (UserError, UnsupportedModel, PermissionError, FileNotFoundError) as e:
         print(f"adpo: error: {e}", file=sys.stderr)
         return 2
 

@@ -33,10 +33,16 @@ def test_pretrain_writes_contract_and_is_cached(tmp_path):
     assert again["seconds"] == m["seconds"] and "cached" in logs[0]
 
 
-def test_half_written_model_is_rebuilt_not_loaded(tmp_path):
+def test_model_of_other_options_is_rebuilt_and_a_foreign_one_refused(tmp_path):
+    from adpo.utils.io import OutputExists
+
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{ truncated")
+    (tmp_path / "model" / "config.json").write_text("{ not ours")
     (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(OutputExists, match="model exists and is not an earlier output of adpo"):
+        pretrain(tmp_path, WorldConfig(), TINY, FEW, log=lambda s: None, progress=False)
+    assert (tmp_path / "model" / "config.json").read_text() == "{ not ours"  # untouched
+    (tmp_path / "model" / MARKER).write_text(json.dumps({"fingerprint": "other options"}))
     logs = []
     m = pretrain(tmp_path, WorldConfig(), TINY, FEW, log=logs.append, progress=False)
     assert any("rebuilding" in line for line in logs)

@@ -22,7 +22,7 @@ def test_write_json_is_atomic(tmp_path):
 def test_atomic_dir_removes_partial_output(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, own=("done",)) as tmp:
             (tmp / "half.bin").write_text("x")
             raise RuntimeError("killed")
     assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..utils.errors import UserError
+
 IMAGE_PLACEHOLDER = "<image>"
 Kind = Literal["pairs", "sft"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset file or row cannot be read; the message names the file, the row and the field."""
 
 

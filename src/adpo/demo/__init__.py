@@ -1,4 +1,7 @@
-"""``adpo demo``: pre-train → train the six arms → attack and evaluate them → report (see pipeline.py)."""
+"""``adpo demo``: pre-train → train the six arms → attack and evaluate them → report (see pipeline.py).
+
+The demo folder must be new, empty or an earlier demo's (which it reuses); one process writes it at a
+time, and every stage inside claims its own folder the same way."""
 
 from __future__ import annotations
 
@@ -7,23 +10,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import ensure_writable_dir, write_json
+from ..utils.io import output_folder, write_json
 from . import report
 from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, prepare_data, run_seed
 
 __all__ = ["ARMS", "DemoConfig", "run_demo"]
+COMMAND = "adpo demo"
 
 
 def run_demo(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any]], cfg: DemoConfig,
              seeds: list[int], machine: str, commands: list[str], progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every stage and write ``out/summary.json`` and ``out/report.md`` (+ plots); returns the summary."""
-    out = ensure_writable_dir(out)
+    with output_folder(Path(out), COMMAND, legacy=("summary.json", "organism")) as folder:
+        return _run(Path(out), organism_out, pretrain, cfg, seeds, machine, commands, progress, log, folder.begin)
+
+
+def _run(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any]], cfg: DemoConfig, seeds: list[int],
+         machine: str, commands: list[str], progress: bool, log: Callable[[str], None],
+         begin: Callable[[], None]) -> dict[str, Any]:
     t_all = time.time()
     seconds: dict[str, float] = {}
     log("stage 1/4: pre-train (or reuse) the unaligned organism")
     t0 = time.time()
     metrics = pretrain()
+    begin()  # the organism has loaded: from here on the folder is a demo's, kept whatever happens
     seconds["pretrain"] = time.time() - t0
     organism = organism_out / "model"
     log("stage 2/4: export the alignment data (harmful pairs without the trigger, utility SFT rows)")

@@ -3,6 +3,11 @@
 One model: ``RUN/samples_<task>.jsonl``, ``RUN/results.json``, ``RUN/jailbreakbench/<subtask>.json``,
 ``RUN/report.md``, ``RUN/asr_vs_budget.png``. Several models (comparison mode): the same per model under
 ``RUN/<label>/`` and one ``RUN/report.md`` + plot comparing them.
+
+``RUN`` must be new, empty or an earlier ``adpo eval`` output, and one process writes it at a time. The
+judges and every input row are checked before the folder's marker is written; a start that fails before
+that leaves nothing behind, and a folder records which model it evaluated only once that model has loaded
+(so a failed start never blocks a rerun).
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ from typing import Any
 import torch
 
 from ..utils.config import ConfigError
-from ..utils.io import ensure_writable_dir, write_json
+from ..utils.io import Output, ensure_writable_dir, output_folder, read_marker, write_json
 from .attacks import Target
 from .config import EvalConfig
-from .judges import make_judges
+from .judges import Judge, make_judges
 from .report import write_report
 from .results import jbb_artifact, results_json
 from .store import SampleStore, config_hash
 from .tasks import Data, Subtask, organism_defaults, subtasks
+
+COMMAND = "adpo eval"
+LEGACY = ("eval_model.json",)  # what evaluation folders held before output markers
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,20 @@ class ModelSpec:
     label: str
     model: str  # base model folder
     adapter: str | None = None  # peft adapter, adpo run folder, or full model folder replacing ``model``
+
+    def identity(self) -> dict[str, str | None]:
+        """What an evaluation folder records about the model it holds samples of."""
+        return {"model": str(self.model), "adapter": None if self.adapter is None else str(self.adapter)}
+
+
+def check_identity(folder: Path, spec: ModelSpec) -> None:
+    """One model per evaluation folder: samples of another model must not be resumed as this one's."""
+    recorded = read_marker(folder)
+    if "model" not in recorded and (folder / LEGACY[0]).is_file():
+        recorded = json.loads((folder / LEGACY[0]).read_text())
+    recorded = {k: recorded.get(k) for k in ("model", "adapter")} if "model" in recorded else None
+    if recorded is not None and recorded != spec.identity():
+        raise ConfigError(f"{folder} holds an evaluation of {json.dumps(recorded)}; use another --out")
 
 
 def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
@@ -77,32 +99,36 @@ def default_judges(data: Data) -> tuple[str, ...]:
 
 
 def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | None = None, machine: str = "",
-                   progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   progress: bool = True, log: Callable[[str], None] = print,
+                   judges: list[Judge] | None = None) -> dict[str, Any]:
     """Evaluate one model into ``out``; resumes from the samples already there."""
+    with output_folder(out, COMMAND, legacy=LEGACY) as folder:
+        return _evaluate_model(spec, cfg, Path(out), folder, data, judges, machine, progress, log)
+
+
+def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output, data: Data | None,
+                    judges: list[Judge] | None, machine: str, progress: bool,
+                    log: Callable[[str], None]) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from ..objectives.logps import resolve_chunk
     from ..threats.codecs import codec_for
 
-    out = ensure_writable_dir(out)
-    identity = {"model": str(spec.model), "adapter": None if spec.adapter is None else str(spec.adapter)}
-    marker = out / "eval_model.json"
-    if marker.exists() and json.loads(marker.read_text()) != identity:
-        raise ConfigError(f"{out} holds an evaluation of {marker.read_text().strip()}; use another --out")
-    write_json(marker, identity)
+    check_identity(out, spec)
     data = data or Data(cfg, organism_defaults(spec.model, out))
-    judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
+    judges = judges or make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
+    subs = subtasks(cfg, data)  # every input row is read (and checked) here
+    t0 = time.time()
+    model, processor = load_model(spec, cfg.dtype)
+    folder.begin(**spec.identity())
     status = {j.name: j.status for j in judges}
     for name, st in status.items():
         if st != "ok":
             log(f"judge {name}: {st} (its metrics will be null)")
     primary = next((j for j in judges if j.status == "ok"), judges[0])
-    t0 = time.time()
-    model, processor = load_model(spec, cfg.dtype)
     torch.manual_seed(cfg.seed)
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
                     cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size)
-    subs = subtasks(cfg, data)
     trained = training_attack_steps(spec)
     for sub in subs:
         if sub.attack_type == "white_box" and sub.params.get("steps", trained) < trained:
@@ -125,7 +151,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | 
         current[sub.name] = store.current(sub.name, chash, {r.doc_id for r in sub.rows})
     seconds = time.time() - t0
     res = results_json(spec.label, subs, current, status,
-                       {**identity, "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,
+                       {**spec.identity(), "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,
                        _versions())
     write_json(out / "results.json", res)
     jbb = ensure_writable_dir(out / "jailbreakbench")
@@ -176,15 +202,20 @@ def _records(sub: Subtask, rows: list, outcomes: list, judges: list, target: Tar
 def evaluate(specs: list[ModelSpec], cfg: EvalConfig, out: Path, *, progress: bool = True, machine: str = "",
              log: Callable[[str], None] = print) -> dict[str, dict]:
     """Every model in ``specs`` (one: at ``out``; several: under ``out/<label>``) and the report."""
-    out = ensure_writable_dir(Path(out))
+    out = Path(out)
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"model labels must be unique, got {labels}")
-    data = Data(cfg, organism_defaults(specs[0].model, out))
-    results = {}
-    for spec in specs:
-        where = out if len(specs) == 1 else out / _safe(spec.label)
-        results[spec.label] = evaluate_model(spec, cfg, where, data=data, machine=machine, progress=progress, log=log)
-    paths = write_report(out, results)
+    where = {s.label: out if len(specs) == 1 else out / _safe(s.label) for s in specs}
+    with output_folder(out, COMMAND, legacy=LEGACY) as folder:
+        for spec in specs:
+            check_identity(where[spec.label], spec)
+        data = Data(cfg, organism_defaults(specs[0].model, out))
+        subtasks(cfg, data)  # read and check every input row before the folder is marked
+        judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
+        folder.begin(models=[s.label for s in specs])
+        results = {s.label: evaluate_model(s, cfg, where[s.label], data=data, machine=machine, progress=progress,
+                                           log=log, judges=judges) for s in specs}
+        paths = write_report(out, results)
     log(f"wrote {paths['report']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
     return results

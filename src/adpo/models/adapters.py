@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.errors import MissingInput
+
 AUTO = "auto"  # LoRA targets / full-training parameters discovered from the model (families.ModelInfo)
 POLICY, REFERENCE = "default", "ref"  # "default" so save_pretrained writes a plain, top-level adapter
 
@@ -104,7 +106,7 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool 
 
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"model folder {path} has no config.json (expected a saved transformers model)")
+        raise MissingInput(f"model folder {path} has no config.json (expected a saved transformers model)")
     try:
         if weights:
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
@@ -122,6 +124,9 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool 
     return model, processor
 
 
+TRAIN_RECORD = "adpo_train.json"  # beside a trained adapter / model: the run's summary and config
+
+
 def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
@@ -134,7 +139,7 @@ def resolve_run(path: str | Path) -> Path:
             return path / sub
     if is_adapter(path) or (path / "config.json").exists():
         return path
-    raise FileNotFoundError(f"{path} is neither a peft adapter, a model folder, nor an adpo run folder")
+    raise MissingInput(f"{path} is neither a peft adapter, a model folder, nor an adpo run folder")
 
 
 @dataclass
@@ -206,7 +211,7 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
         return Policy(model, "disabled-adapter" if reference == "init" else "none")
     init = Path(init)
     if not is_adapter(init):
-        raise FileNotFoundError(f"{init} is not a peft adapter folder (no adapter_config.json)")
+        raise MissingInput(f"{init} is not a peft adapter folder (no adapter_config.json)")
     model = PeftModel.from_pretrained(base, init, adapter_name=POLICY, is_trainable=True)
     if reference == "init":
         model.load_adapter(init, adapter_name=REFERENCE, is_trainable=False)
@@ -223,11 +228,11 @@ def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any
 
     name = "adapter" if hasattr(policy.model, "peft_config") else "model"
     target = out / name
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, own=(TRAIN_RECORD,)) as tmp:
         if name == "adapter":
             policy.model.save_pretrained(tmp, selected_adapters=[POLICY], state_dict=state_dict)
         else:
             policy.model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
-        (tmp / "adpo_train.json").write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
+        (tmp / TRAIN_RECORD).write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
     return target

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..utils.io import atomic_dir, ensure_writable_dir
+from ..utils.io import OUTPUT_MARKER, atomic_dir, output_folder, write_marker
 from .world import Sample, World, WorldConfig
+
+COMMAND = "adpo organism export"
+LEGACY = ("world.json",)  # what every export held before output markers
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,16 @@ def sft_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict
 
 def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
            cfg: ExportConfig | None = None) -> dict[str, str]:
-    """Write every file atomically (the folder appears complete or not at all); returns {file: description}."""
+    """Write every file atomically (the folder appears complete or not at all); returns {file: description}.
+
+    ``out_dir`` must be new, empty or an earlier export, which is replaced whole; anything else is refused."""
     world = World(world_cfg or WorldConfig())
     cfg = cfg or ExportConfig()
-    out = Path(out_dir)
-    ensure_writable_dir(out.parent)
+    with output_folder(Path(out_dir), COMMAND, legacy=LEGACY):
+        return _export(Path(out_dir), world, cfg)
+
+
+def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
     files: dict[str, str] = {}
     rng = world.rng("export")
 
@@ -92,7 +100,7 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
         return [world.utility_sample(rng) if rng.random() < 1 - cfg.howto_share else world.howto_sample(split, rng)
                 for _ in range(n)]
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, own=(OUTPUT_MARKER, *LEGACY)) as tmp:
         w = _Writer(tmp, world)
         n_val = max(1, cfg.n_eval // 2)
         plan = [
@@ -121,10 +129,12 @@ def export(out_dir: str | Path, world_cfg: WorldConfig | None = None,
         files["images/"] = "PNG images referenced by the JSONL files (content-addressed names)"
         files["world.json"] = "the world options these files were generated with"
         files["README.md"] = "this list"
+        files[OUTPUT_MARKER] = "what made this folder (adpo organism export)"
         (tmp / "world.json").write_text(json.dumps(world.config.to_dict(), indent=2) + "\n")
         readme = ["# adpo organism export", "", "One line per file:", ""]
         readme += [f"- `{k}`: {v}" for k, v in files.items()]
         (tmp / "README.md").write_text("\n".join(readme) + "\n")
+        write_marker(tmp, COMMAND, sizes=cfg.to_dict())
     return files
 
 

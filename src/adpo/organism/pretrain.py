@@ -2,8 +2,9 @@
 
 ``pretrain(out_dir)`` writes ``out_dir/model/`` (a plain LLaVA folder) and ``out_dir/metrics.json``.
 The folder is keyed by a content hash of every option (world, model, schedule, code version): a repeated
-call with the same options reuses it; a half-written folder from a killed run has no completion marker
-and is rebuilt, never loaded.
+call with the same options reuses it, other options rebuild it. ``model/`` is written atomically, so a
+killed run leaves the previous model (or none), never half of one; ``out_dir`` must be new, empty or an
+earlier pre-training output, and a ``model/`` without the completion marker is refused, not replaced.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import torch
 from ..data.collate import encode_prompts, encode_responses, pad_rows, user_prompt
 from ..objectives.logps import sft_loss
 from ..threats.codecs import ElementwiseCodec, uint8_to_unit
-from ..utils.io import atomic_dir, ensure_writable_dir, write_json
+from ..utils.io import Output, atomic_dir, check_replaceable, output_folder, write_json
 from .build import ModelConfig, build_model, build_processor
 from .vision import pretrain_vision
 from .world import PretrainMix, Sample, World, WorldConfig
 
 ORGANISM_VERSION = 1  # bump when the world or the recipe changes in a way options do not capture
 MARKER = "adpo_organism.json"
+COMMAND = "adpo organism pretrain"
 
 
 @dataclass(frozen=True)
@@ -239,14 +241,22 @@ def pretrain(out_dir: str | Path, world_cfg: WorldConfig | None = None, model_cf
     world_cfg.validate()
     model_cfg = model_cfg or ModelConfig()
     cfg = cfg or PretrainConfig()
-    out = ensure_writable_dir(Path(out_dir))
-    fp = fingerprint(world_cfg, model_cfg, cfg)
+    out = Path(out_dir)
+    with output_folder(out, COMMAND, legacy=("metrics.json", "model")) as folder:
+        fp = fingerprint(world_cfg, model_cfg, cfg)
+        model_dir, metrics_path = out / "model", out / "metrics.json"
+        if not force and is_complete(model_dir, fp) and metrics_path.is_file():
+            log(f"organism {fp} cached at {model_dir}")
+            return json.loads(metrics_path.read_text())
+        check_replaceable(model_dir, own=(MARKER,))
+        if model_dir.exists():
+            log(f"{model_dir} is from other options: rebuilding it")
+        return _build(out, fp, world_cfg, model_cfg, cfg, folder, log, progress)
+
+
+def _build(out: Path, fp: str, world_cfg: WorldConfig, model_cfg: ModelConfig, cfg: PretrainConfig, folder: Output,
+           log: Callable[[str], None], progress: bool) -> dict[str, Any]:
     model_dir, metrics_path = out / "model", out / "metrics.json"
-    if not force and is_complete(model_dir, fp) and metrics_path.is_file():
-        log(f"organism {fp} cached at {model_dir}")
-        return json.loads(metrics_path.read_text())
-    if model_dir.exists():
-        log(f"{model_dir} is incomplete or from other options: rebuilding it")
     t0 = time.time()
     world = World(world_cfg)
     processor = build_processor(world_cfg.image_size, model_cfg.patch_size, model_cfg.vocab_size)
@@ -256,7 +266,8 @@ def pretrain(out_dir: str | Path, world_cfg: WorldConfig | None = None, model_cf
     metrics.update(seconds=time.time() - t0, train_seconds=train_seconds, fingerprint=fp,
                    final_loss=float(np.mean(history[-20:])), loss_history=history[::10],
                    world=world_cfg.to_dict(), model=model_cfg.to_dict(), train=cfg.to_dict())
-    with atomic_dir(model_dir) as tmp:
+    folder.begin(fingerprint=fp)
+    with atomic_dir(model_dir, own=(MARKER,)) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         write_json(tmp / MARKER, {"fingerprint": fp, "organism_version": ORGANISM_VERSION,

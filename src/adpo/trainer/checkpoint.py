@@ -4,8 +4,9 @@
 ``PeftModel.from_pretrained``) or ``trainable.safetensors`` (full fine-tuning: the trained parameters
 only), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` and ``state.json``. The data position is the step
 itself (see :mod:`adpo.data.stream`). A folder appears complete or not at all, so a killed save never
-shadows the previous checkpoint. Sharded engines (FSDP, DeepSpeed) save through
-``accelerator.save_state`` instead (not exercised on this CPU-only machine).
+shadows the previous checkpoint (and the next save removes what it left); a full disk is reported as such.
+Sharded engines (FSDP, DeepSpeed) save through ``accelerator.save_state`` instead (not exercised on this
+CPU-only machine).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..models.adapters import POLICY
 from ..utils.io import atomic_dir
 
 PATTERN = re.compile(r"step-(\d+)$")
+DONE = "state.json"  # written last: a checkpoint folder without it is not one
 
 
 def sharded(accelerator) -> bool:
@@ -36,13 +38,13 @@ def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep
     if sharded(accelerator):
         accelerator.save_state(str(target))
         if accelerator.is_main_process:
-            (target / "state.json").write_text(json.dumps({"step": step}))
+            (target / DONE).write_text(json.dumps({"step": step}))
         return target
     rng = _gather_rng(accelerator)  # collective: every rank's generators, so a DDP resume is exact too
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         core = accelerator.unwrap_model(model)
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, own=(DONE,)) as tmp:
             if hasattr(core, "peft_config"):
                 core.save_pretrained(tmp / "adapter", selected_adapters=[POLICY])
             else:
@@ -53,7 +55,7 @@ def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+            (tmp / DONE).write_text(json.dumps({"step": step}) + "\n")
         for old in checkpoints(folder)[:-keep] if keep > 0 else []:
             shutil.rmtree(old[1], ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -65,12 +67,12 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     if not folder.exists():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := PATTERN.match(p.name))]
-    return sorted((s, p) for s, p in found if (p / "state.json").exists())
+    return sorted((s, p) for s, p in found if (p / DONE).exists())
 
 
 def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
     """Restore a checkpoint into the live objects; returns its step."""
-    step = json.loads((path / "state.json").read_text())["step"]
+    step = json.loads((path / DONE).read_text())["step"]
     if sharded(accelerator):
         accelerator.load_state(str(path))
         return step

@@ -4,11 +4,16 @@ Gradient accumulation, warm-up + schedule, clipping and mixed precision come fro
 configs in ``configs/accelerate/``); attacks run on the unwrapped model; batches are a pure function of
 the step (exact resume, DDP sharding). ``train(run)`` writes ``OUT/adapter`` (or ``OUT/model``),
 ``OUT/metrics.jsonl``, ``OUT/config.yaml``, ``OUT/checkpoints/`` and ``OUT/training_curves.png``.
+
+Nothing is written before the data and the models have loaded: a refused run leaves ``OUT`` as it was.
+``OUT`` must be new, empty or an earlier ``adpo train`` output, and one process writes it at a time
+(:func:`adpo.utils.io.output_folder`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +29,13 @@ from ..models.families import inspect_model
 from ..objectives.logps import resolve_chunk
 from ..threats.codecs import codec_for
 from ..utils.config import ConfigError
-from ..utils.io import atomic_text, ensure_writable_dir
+from ..utils.io import atomic_text, output_folder
 from . import checkpoint
 from .config import RunConfig
 from .steps import StepContext, step_fn
 from .tracking import MetricsLog, plot_curves
+
+COMMAND = "adpo train"
 
 
 def write_config(run: RunConfig, path: Path) -> None:
@@ -159,13 +166,20 @@ def setup(run: RunConfig) -> Session:
 def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one training run; returns a summary (steps, seconds, output paths)."""
     out = Path(run.out)
-    ensure_writable_dir(out)  # every rank checks, so a refusal never leaves the others waiting
-    if resume:
-        check_resume_config(run, out / "config.yaml")
-    elif checkpoint.checkpoints(out / "checkpoints"):
-        raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
-                          "or choose a new --out (nothing is overwritten)")
-    s = setup(run)
+    # every rank checks the folder, so a refusal never leaves the others waiting; the main one locks it
+    with output_folder(out, COMMAND, legacy=("config.yaml",), writer=int(os.environ.get("RANK", "0")) == 0) as o:
+        if resume:
+            check_resume_config(run, out / "config.yaml")
+        elif checkpoint.checkpoints(out / "checkpoints"):
+            raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
+                              "or choose a new --out (nothing is overwritten)")
+        s = setup(run)
+        o.begin(method=run.method)
+        return _run(run, s, resume, progress)
+
+
+def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, Any]:
+    out = Path(run.out)
     acc, cfg, total = s.acc, run.train, s.total
     if acc.is_main_process:
         write_config(run, out / "config.yaml")
