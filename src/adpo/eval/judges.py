@@ -144,11 +144,18 @@ class LLMJudge:
         return "ok"
 
     def _chat(self, prompt: str) -> str:
+        """One chat completion. Prompts and responses go straight to ``target``: proxies from the environment
+        (``HTTP_PROXY``, …; urllib's default) are used only with ``ADPO_JUDGE_USE_PROXY=1``, so harmful text is
+        never sent to a third party the user did not name (docs/failure-modes.md)."""
+        import os
+
         body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
                            "max_tokens": 1, "temperature": 0}).encode()
         url = self.target.rstrip("/") + ("" if self.target.rstrip("/").endswith("/v1") else "/v1") + "/chat/completions"
         req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        proxies = None if os.environ.get("ADPO_JUDGE_USE_PROXY") == "1" else {}  # None: urllib reads the environment
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
+        with opener.open(req, timeout=self.timeout) as resp:
             data = json.loads(resp.read().decode())
         try:
             return str(data["choices"][0]["message"]["content"])

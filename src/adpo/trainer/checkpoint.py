@@ -5,13 +5,17 @@
 only), ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` and ``state.json``. The data position is the step
 itself (see :mod:`adpo.data.stream`). A folder appears complete or not at all, so a killed save never
 shadows the previous checkpoint (and the next save removes what it left); a full disk is reported as such.
-Sharded engines (FSDP, DeepSpeed) save through ``accelerator.save_state`` instead (not exercised on this
-CPU-only machine).
+
+A run folder is data, not code: the ``.pt`` files hold only tensors, numbers and strings (the numpy and
+Python RNG states are stored as such, not as pickled objects) and are read with ``weights_only=True``,
+so a tampered file is refused with its name and nothing in it runs. Sharded engines (FSDP, DeepSpeed)
+save through ``accelerator.save_state`` instead (not exercised on this CPU-only machine).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -22,10 +26,15 @@ import numpy as np
 import torch
 
 from ..models.adapters import POLICY
+from ..utils.errors import UserError
 from ..utils.io import atomic_dir
 
 PATTERN = re.compile(r"step-(\d+)$")
 DONE = "state.json"  # written last: a checkpoint folder without it is not one
+
+
+class CheckpointError(UserError):
+    """A checkpoint file is missing, cut short, or holds more than tensors and plain values."""
 
 
 def sharded(accelerator) -> bool:
@@ -96,25 +105,54 @@ def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
         with torch.no_grad():
             for n, w in weights.items():
                 params[n].copy_(w)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    states: list[dict[str, Any]] = torch.load(path / "rng.pt", weights_only=False)
-    if len(states) != accelerator.num_processes:
-        raise RuntimeError(f"{path} was saved by {len(states)} process(es); resume it with the same number")
-    rng = states[accelerator.process_index]
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    optimizer_state, scheduler_state = read_state(path / "optimizer.pt"), read_state(path / "scheduler.pt")
+    states = read_state(path / "rng.pt")
+    if not isinstance(states, list) or len(states) != accelerator.num_processes:
+        n = len(states) if isinstance(states, list) else "an unknown number of"
+        raise CheckpointError(f"{path} was saved by {n} process(es); resume it with the same number")
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        _set_rng(states[accelerator.process_index])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run ({e})") from e
     return step
 
 
+def read_state(path: Path) -> Any:
+    """A checkpoint file as tensors and plain containers. ``weights_only=True`` never unpickles objects, so
+    a tampered file (or one from an older adpo that pickled numpy state) is refused and runs nothing."""
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: missing from the checkpoint; resume from another checkpoint or start a "
+                              "new run") from e
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a plain-tensor checkpoint ({str(e).splitlines()[0][:120]}); adpo "
+                              "never loads code from a run folder, so it refuses this file: if adpo did not write "
+                              "it, the folder was tampered with; else remove this checkpoint folder and resume "
+                              "from an earlier one, or start a new --out") from e
+
+
 def _gather_rng(accelerator) -> list[dict[str, Any]]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss": py_gauss}}
     if accelerator.num_processes == 1:
         return [state]
     from accelerate.utils import gather_object
 
     return gather_object([state])
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
