@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .formats import DataError
+from .formats import DataError, PairRow, SFTRow, image_dims
 
 IGNORE = -100
 TEXT_KEYS = ("input_ids", "attention_mask", "labels", "prompt_mask")
@@ -158,6 +158,59 @@ def collate_pairs(processor, images: Sequence[Any], prompts: Sequence[str], chos
     out = pad_rows(ids + ids, encode_responses(processor, list(chosen) + list(rejected)),
                    processor.tokenizer.pad_token_id, max_length, list(sources or []) * 2 or None, extras)
     return {**out, **enc}
+
+
+def prompt_lengths(processor, rows: Sequence[PairRow] | Sequence[SFTRow], image_size: int | None = None) -> list[int]:
+    """Each row's prompt length in tokens, image tokens included, without running the image processor on
+    every row: the text goes through the tokenizer, and the image tokens are counted once per distinct
+    image size by the processor itself (checked against a full encoding of the first row)."""
+    from PIL import Image
+
+    tok = processor.tokenizer
+    texts = [r.prompt if r.formatted else user_prompt(processor, r.prompt) for r in rows]
+    text_len = [len(x) for x in tok(texts)["input_ids"]]
+    dims = [image_dims(r.image, image_size) for r in rows]
+    reference = user_prompt(processor, "x")
+    plain = len(tok([reference])["input_ids"][0])
+    extra = {d: len(encode_prompts(processor, [Image.new("RGB", d)], ["x"])["input_ids"][0]) - plain
+             for d in set(dims)}
+    lengths = [n + extra[d] for n, d in zip(text_len, dims)]
+    first = rows[0]
+    exact = len(encode_prompts(processor, [Image.new("RGB", dims[0])], [first.prompt], [first.formatted])
+                ["input_ids"][0])
+    if exact != lengths[0]:
+        raise RuntimeError(f"{type(processor).__name__}: counting image tokens apart from the text gives {lengths[0]} "
+                           f"tokens for {first.source}, the processor {exact}; the length check cannot be trusted")
+    return lengths
+
+
+def check_lengths(processor, rows: Sequence[PairRow] | Sequence[SFTRow], context: int | None,
+                  max_length: int | None = None, image_size: int | None = None) -> None:
+    """Refuse, naming the row, a prompt (image tokens included) that leaves no room for an answer within
+    ``max_length`` or the model's context (``max_position_embeddings``), and, when ``max_length`` does not
+    cut answers, a prompt + answer longer than the context: positions beyond it are garbage, silently."""
+    if context is not None and max_length is not None and max_length > context:
+        raise DataError(f"max_length={max_length} is more than the model's context of {context} tokens "
+                        "(max_position_embeddings); lower it")
+    limit, name = (max_length, f"max_length={max_length}; raise max_length") if max_length is not None else \
+        (context, f"the model's context of {context} tokens (max_position_embeddings)")
+    if limit is None:
+        return
+    lengths = prompt_lengths(processor, rows, image_size)
+    for r, n in zip(rows, lengths):
+        if n >= limit:
+            raise DataError(f"{r.source}: field 'prompt': prompt has {n} tokens (image tokens included), "
+                            f"more than {name}")
+    if max_length is not None or context is None:
+        return  # answers are cut to fit max_length (pad_rows)
+    fields = ("chosen", "rejected") if isinstance(rows[0], PairRow) else ("response",)
+    for f in fields:
+        answers = encode_responses(processor, [getattr(r, f) for r in rows])
+        for r, n, a in zip(rows, lengths, answers):
+            if n + len(a) > context:
+                raise DataError(f"{r.source}: field '{f}': prompt and answer have {n + len(a)} tokens, more than the "
+                                f"model's context of {context} (max_position_embeddings); shorten it, or set "
+                                "train.max_length to cut answers")
 
 
 def is_text_key(batch: dict[str, torch.Tensor], key: str) -> bool:

@@ -11,7 +11,9 @@ Supported layouts (detected per row from its keys, so one loader reads them all)
   ``question, chosen, rejected``), BeaverTails-V (``question, image, response_1, response_2,
   safer_response_id``), VLGuard (``image, safe, instr-resp``: SFT rows).
 
-Every problem is reported as ``file: row N: field 'f': what is wrong`` before training starts.
+Every problem is reported as ``file: row N: field 'f': what is wrong`` before training starts: images
+are opened and fully decoded when the rows are loaded (a truncated file, bytes that are no image, a mode
+that cannot become RGB fail there, not at batch N), and 16-bit images are scaled to 8 bits, not clipped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from PIL import Image
 
 from ..utils.errors import UserError
 
@@ -197,9 +201,10 @@ def sft_rows(rec: dict, where: str, root: Path | None = None) -> list[SFTRow]:
 # ---- fields ------------------------------------------------------------------------------------------
 
 def _text(value: Any, where: str, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
+    text = value.replace(IMAGE_PLACEHOLDER, "").strip() if isinstance(value, str) else ""
+    if not text:
         raise DataError(f"{where}: field '{field}': expected a non-empty string, got {value!r:.60}")
-    return value.replace(IMAGE_PLACEHOLDER, "").strip()
+    return text
 
 
 def _content(content: Any, where: str, field: str) -> str:
@@ -283,8 +288,36 @@ def _image(rec: dict, where: str, root: Path | None) -> Any:
             path = root / path
         if not path.exists():
             raise DataError(f"{where}: field '{field}': image file {path} not found")
-        return path
+        value = path
+    elif not isinstance(value, (Image.Image, dict)):
+        raise DataError(f"{where}: field '{field}': expected an image path, {{\"bytes\": …}} or an image, "
+                        f"got {type(value).__name__}")
+    try:
+        open_image(value)  # decoded once now, so a broken image is named here, not at batch N
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
+        what = f"image file {value}" if isinstance(value, Path) else "image"
+        raise DataError(f"{where}: field '{field}': {what} cannot be read as an RGB image "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return value
+
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNGs open as I;16 (or I in older Pillow)
+
+
+def _rgb(im):
+    """RGB from any PIL mode; 16-bit greyscale is scaled to 8 bits (PIL's own convert would clip it to 255)."""
+    from PIL import Image
+
+    if im.mode in SIXTEEN_BIT:
+        import numpy as np
+
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"mode {im.mode} with values outside 0..65535; save it as 8-bit RGB")
+        return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        raise ValueError("a floating-point image (mode F); save it as 8-bit RGB")
+    return im.convert("RGB")
 
 
 def open_image(value: Any, size: int | None = None):
@@ -292,16 +325,26 @@ def open_image(value: Any, size: int | None = None):
     when given (dynamic-resolution families such as Qwen2-VL need one patch grid per attacked batch)."""
     import io
 
-    from PIL import Image
-
     if isinstance(value, Image.Image):
-        image = value.convert("RGB")
+        image = _rgb(value)
     elif isinstance(value, dict) and value.get("bytes") is not None:
-        image = Image.open(io.BytesIO(value["bytes"])).convert("RGB")
+        image = _rgb(Image.open(io.BytesIO(bytes(value["bytes"]))))  # JSON spells bytes as a list of ints
     else:
         with Image.open(value) as im:
-            image = im.convert("RGB")
+            image = _rgb(im)
     if size and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return image
+
+
+def image_dims(value: Any, size: int | None = None) -> tuple[int, int]:
+    """(width, height) the model will see for a row's image, read from the header only."""
+    import io
+
+    if size:
+        return size, size
+    if isinstance(value, Image.Image):
+        return value.size
+    with Image.open(io.BytesIO(bytes(value["bytes"])) if isinstance(value, dict) else value) as im:
+        return im.size
 

@@ -114,6 +114,8 @@ class EvalConfig:
             raise ConfigError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
         if self.restarts < 1 or self.batch_size < 1 or self.check_every < 0:
             raise ConfigError("restarts and batch_size must be >= 1, check_every >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (rows per task) or null (every row), got {self.limit}")
         for eps in (*self.pgd_image.eps, *self.universal_image.eps):
             parse_eps(eps)
         for spec in self.attacks:

@@ -5,9 +5,9 @@ One model: ``RUN/samples_<task>.jsonl``, ``RUN/results.json``, ``RUN/jailbreakbe
 ``RUN/<label>/`` and one ``RUN/report.md`` + plot comparing them.
 
 ``RUN`` must be new, empty or an earlier ``adpo eval`` output, and one process writes it at a time. The
-judges and every input row are checked before the folder's marker is written; a start that fails before
-that leaves nothing behind, and a folder records which model it evaluated only once that model has loaded
-(so a failed start never blocks a rerun).
+judges, the adapters (against their recorded base) and every input row are checked before the folder's
+marker is written; a start that fails before that leaves nothing behind, and a folder records which model
+it evaluated only once that model has loaded (so a failed start never blocks a rerun).
 """
 
 from __future__ import annotations
@@ -47,6 +47,14 @@ class ModelSpec:
         return {"model": str(self.model), "adapter": None if self.adapter is None else str(self.adapter)}
 
 
+def check_model(spec: ModelSpec) -> None:
+    """Cheap checks before anything is written: the adapter exists and was trained on ``spec.model``."""
+    from ..models.adapters import check_adapter_base, resolve_run
+
+    if spec.adapter is not None:
+        check_adapter_base(resolve_run(spec.adapter), spec.model)
+
+
 def check_identity(folder: Path, spec: ModelSpec) -> None:
     """One model per evaluation folder: samples of another model must not be resumed as this one's."""
     recorded = read_marker(folder)
@@ -59,7 +67,7 @@ def check_identity(folder: Path, spec: ModelSpec) -> None:
 
 def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
     """The model (eval mode, LoRA merged for speed) and its processor."""
-    from ..models.adapters import is_adapter, load_base, resolve_run
+    from ..models.adapters import is_adapter, load_adapter, load_base, resolve_run
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,10 +75,8 @@ def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
     if path is None or not is_adapter(path):
         model, processor = load_base(path or spec.model, torch_dtype)
         return model.to(device).eval(), processor
-    from peft import PeftModel
-
     base, processor = load_base(spec.model, torch_dtype)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().to(device).eval(), processor
+    return load_adapter(base, path, spec.model).merge_and_unload().to(device).eval(), processor
 
 
 def _versions() -> dict[str, str]:
@@ -115,6 +121,7 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
     from ..threats.codecs import codec_for
 
     check_identity(out, spec)
+    check_model(spec)
     data = data or Data(cfg, organism_defaults(spec.model, out))
     judges = judges or make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
     subs = subtasks(cfg, data)  # every input row is read (and checked) here
@@ -210,6 +217,7 @@ def evaluate(specs: list[ModelSpec], cfg: EvalConfig, out: Path, *, progress: bo
     with output_folder(out, COMMAND, legacy=LEGACY) as folder:
         for spec in specs:
             check_identity(where[spec.label], spec)
+            check_model(spec)
         data = Data(cfg, organism_defaults(specs[0].model, out))
         subtasks(cfg, data)  # read and check every input row before the folder is marked
         judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)

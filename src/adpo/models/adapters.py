@@ -15,6 +15,7 @@ Switching to the reference adapter is a context manager that restores the active
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.config import ConfigError
 from ..utils.errors import MissingInput
 
 AUTO = "auto"  # LoRA targets / full-training parameters discovered from the model (families.ModelInfo)
@@ -124,7 +126,79 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool 
     return model, processor
 
 
-TRAIN_RECORD = "adpo_train.json"  # beside a trained adapter / model: the run's summary and config
+TRAIN_RECORD = "adpo_train.json"  # beside a trained adapter / model: the run's summary, config and base
+SAMPLES, SAMPLE_BYTES = 16, 64 * 1024
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """A cheap identity of a model folder's weights: each weight file's name and size and 16 evenly spaced
+    64 KiB samples of its bytes (header included). A copied or moved base matches; a differently trained
+    model of the same shape does not; a 7B folder costs a few MiB of reads, not 14 GB."""
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).iterdir()):
+        if p.suffix not in (".safetensors", ".bin", ".pt", ".pth") or not p.is_file():
+            continue
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size};".encode())
+        with open(p, "rb") as f:
+            for i in range(SAMPLES):
+                f.seek(i * size // SAMPLES)
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
+def architecture(model_dir: str | Path) -> str:
+    """``llava (text: 2 layers x 32, vocab 512)``: what an adapter's tensors must fit (read from config.json)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    text = cfg.get_text_config()
+    return (f"{cfg.model_type} (text: {text.num_hidden_layers} layers x {text.hidden_size}, "
+            f"vocab {text.vocab_size})")
+
+
+def base_record(model_dir: str | Path) -> dict[str, str]:
+    """What a trained adapter records about its base, so it is never applied to another one."""
+    return {"path": str(model_dir), "architecture": architecture(model_dir), "weights": weights_fingerprint(model_dir)}
+
+
+class AdapterMismatch(ConfigError):
+    """An adapter is applied to a base model other than the one it was trained on."""
+
+
+def check_adapter_base(adapter: str | Path, base: str | Path) -> None:
+    """Refuse an adapter whose recorded base (``adpo_train.json``) is not ``base``: another architecture, or
+    the same architecture with other weights (silently meaningless results otherwise). Plain peft adapters
+    and full models carry no record; a plain adapter's shape mismatch surfaces when peft loads it (see
+    :func:`load_adapter`)."""
+    try:
+        rec = json.loads((Path(adapter) / TRAIN_RECORD).read_text()).get("base")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(rec, dict):
+        return
+    arch = architecture(base)
+    if rec.get("architecture") != arch:
+        raise AdapterMismatch(f"adapter {adapter} was trained on {rec.get('path')}, a {rec.get('architecture')}; "
+                              f"--model {base} is a {arch}: a different architecture; pass the base it was trained on")
+    fp = weights_fingerprint(base)
+    if rec.get("weights") != fp:
+        raise AdapterMismatch(f"adapter {adapter} was trained on base {rec.get('path')} (weights "
+                              f"{rec.get('weights')}); --model {base} has other weights ({fp}); pass the base it was "
+                              "trained on")
+
+
+def load_adapter(base: nn.Module, adapter: str | Path, base_path: str | Path, **kwargs: Any) -> nn.Module:
+    """``PeftModel.from_pretrained`` after :func:`check_adapter_base`; peft's error on tensors that do not fit
+    becomes one line naming both folders."""
+    from peft import PeftModel
+
+    check_adapter_base(adapter, base_path)
+    try:
+        return PeftModel.from_pretrained(base, str(adapter), **kwargs)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise AdapterMismatch(f"adapter {adapter} does not fit --model {base_path}: "
+                              f"{str(e).strip().splitlines()[0][:200]}") from e
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -221,12 +295,15 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
 
 
 def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                 state_dict: dict[str, torch.Tensor] | None = None, base: str | Path | None = None) -> Path:
     """Write the policy as a plain peft adapter (``out/adapter``) or a full model (``out/model``), with the
-    processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly."""
+    processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly. An adapter records
+    its ``base`` folder (:func:`base_record`), so it is never applied to another one."""
     from ..utils.io import atomic_dir
 
     name = "adapter" if hasattr(policy.model, "peft_config") else "model"
+    if name == "adapter" and base is not None:
+        extra = {**(extra or {}), "base": base_record(base)}
     target = out / name
     with atomic_dir(target, own=(TRAIN_RECORD,)) as tmp:
         if name == "adapter":

@@ -71,6 +71,7 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     max_length: int | None = None
+    allow_degenerate_pairs: bool = False  # train on pairs whose chosen == rejected (refused by default)
     image_size: int | None = None  # resize images to N×N first (Qwen2-VL: one patch grid per attacked batch)
     log_every: int = 1
     save_every: int = 0  # 0: a checkpoint at the end only

@@ -5,9 +5,10 @@ configs in ``configs/accelerate/``); attacks run on the unwrapped model; batches
 the step (exact resume, DDP sharding). ``train(run)`` writes ``OUT/adapter`` (or ``OUT/model``),
 ``OUT/metrics.jsonl``, ``OUT/config.yaml``, ``OUT/checkpoints/`` and ``OUT/training_curves.png``.
 
-Nothing is written before the data and the models have loaded: a refused run leaves ``OUT`` as it was.
-``OUT`` must be new, empty or an earlier ``adpo train`` output, and one process writes it at a time
-(:func:`adpo.utils.io.output_folder`).
+Nothing is written before the data and the models have loaded and passed their checks (images decoded,
+pairs that teach nothing, prompts against the model's context, an initial adapter's base): a refused run
+leaves ``OUT`` as it was. ``OUT`` must be new, empty or an earlier ``adpo train`` output, and one process
+writes it at a time (:func:`adpo.utils.io.output_folder`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,17 @@ from typing import Any
 import torch
 import yaml
 
-from ..data.formats import load_rows
+from ..data.collate import check_lengths
+from ..data.formats import DataError, PairRow, load_rows
 from ..data.stream import BatchStream
-from ..models.adapters import build_policy, enable_checkpointing, load_base, resolve_run, save_trained
+from ..models.adapters import (
+    build_policy,
+    check_adapter_base,
+    enable_checkpointing,
+    load_base,
+    resolve_run,
+    save_trained,
+)
 from ..models.families import inspect_model
 from ..objectives.logps import resolve_chunk
 from ..threats.codecs import codec_for
@@ -63,6 +73,8 @@ def _models(run: RunConfig):
     else:
         base, processor = load_base(run.model, dtype)
         init = resolve_run(start) if start else None
+        if init is not None:
+            check_adapter_base(init, run.model)
     if run.train.gradient_checkpointing:
         enable_checkpointing(base)
     reference = "init" if run.spec.reference in ("init", "at") else "none"
@@ -81,6 +93,28 @@ def logps_chunk(run: RunConfig, acc, model) -> int:
                               f"{acc.distributed_type.name} shards; set train.logps_chunk=0 (or use DDP / ZeRO-2)")
         return 0
     return chunk
+
+
+def check_pairs(pairs: list[PairRow], source: str, allow: bool, log: Callable[[str], None] = print) -> None:
+    """Refuse pairs whose chosen and rejected answers are the same text: they teach nothing (the DPO loss is
+    log 2 with a zero gradient whatever the model does), and a file of them is a broken export that would
+    otherwise train silently. ``train.allow_degenerate_pairs=true`` keeps them, with a count."""
+    same = [r for r in pairs if " ".join(r.chosen.split()) == " ".join(r.rejected.split())]
+    if not same:
+        return
+    count = f"{len(same)} of {len(pairs)} pairs in {source} have the same chosen and rejected text"
+    if allow:
+        log(f"warning: {count} (kept: train.allow_degenerate_pairs=true)")
+        return
+    raise DataError(f"{same[0].source}: field 'rejected': same text as 'chosen' ({count}); such pairs teach "
+                    "nothing: fix the data, or set train.allow_degenerate_pairs=true to keep them")
+
+
+def context_length(model) -> int | None:
+    """The text decoder's ``max_position_embeddings`` (None when the config has none)."""
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return getattr(text, "max_position_embeddings", None)
 
 
 @dataclass
@@ -126,7 +160,7 @@ class Session:
 
 
 def setup(run: RunConfig) -> Session:
-    """Load data and models and prepare them on accelerate (no files written)."""
+    """Load and check data and models and prepare them on accelerate (no files written)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -135,8 +169,11 @@ def setup(run: RunConfig) -> Session:
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     set_seed(cfg.seed)
     pairs = load_rows(run.data, "pairs")
+    check_pairs(pairs, run.data, cfg.allow_degenerate_pairs, acc.print)
     utility_rows = load_rows(run.utility_data, "sft") if run.utility_weight > 0 else None
     policy, processor = _models(run)
+    for rows in filter(None, (pairs, utility_rows)):
+        check_lengths(processor, rows, context_length(policy.model), cfg.max_length, cfg.image_size)
     stream = BatchStream(pairs, processor, cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
                          acc.num_processes, cfg.image_size)
     util_stream = (BatchStream(utility_rows, processor, cfg.utility_batch_size, cfg.seed + 1, cfg.max_length,
@@ -227,7 +264,7 @@ def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, 
     state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
     if acc.is_main_process:
         summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()},
-                                            state_dict=state))
+                                            state_dict=state, base=run.model))
         log.close()
         summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
     acc.wait_for_everyone()
