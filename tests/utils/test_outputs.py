@@ -158,4 +158,3 @@ def test_a_full_disk_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "free_bytes", lambda path: 50 * 2**30)
     with pytest.raises(RuntimeError, match="enforce fail"), space_guard(tmp_path):  # not the disk: unchanged
         raise enforce
-

@@ -347,4 +347,3 @@ def image_dims(value: Any, size: int | None = None) -> tuple[int, int]:
         return value.size
     with Image.open(io.BytesIO(bytes(value["bytes"])) if isinstance(value, dict) else value) as im:
         return im.size
-
