@@ -22,12 +22,15 @@ from typing import Any
 
 from torch import nn
 
+from ..utils.errors import UserError
+
 TESTED = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT", "qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL",
           "idefics3": "Idefics3 / SmolVLM"}  # SmolVLM2 (model_type smolvlm) shares Idefics3's design, untested
 
 
-class UnsupportedModel(TypeError):
-    """A model or processor lacks something adpo's threat models, losses or data path rely on."""
+class UnsupportedModel(UserError, TypeError):
+    """A model or processor lacks something adpo's threat models, losses or data path rely on (a user error:
+    the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
