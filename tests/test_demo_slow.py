@@ -12,7 +12,7 @@ TINY = ["train.train.steps=2", "train.image.steps=1", "train.latent.steps=1", "n
         "eval.limit=4", "eval.pgd_image.steps=2", "eval.pgd_image.blank_steps=2", "eval.latent.steps=2",
         "eval.check_every=1"]
 SUBTASKS = {"clean", "pgd-blank", "pgd-image@16/255", "pgd-image@32/255", "pgd-image@64/255", "latent@0.15",
-            "latent@0.3", "latent@0.5", "figstep"}
+            "latent@0.3", "latent@0.5", "trigger", "figstep"}
 
 
 @pytest.mark.slow
@@ -33,6 +33,7 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert set(a["asr"]) == SUBTASKS, arm
         assert all(v is None or 0 <= v <= 1 for v in a["asr"].values())
         assert set(a["refusal"]) == set(a["other"]) == set(a["margin"]) == SUBTASKS
+        assert set(a["converged"]) == set(a["asr_ci"]) == set(a["found_by"]) == SUBTASKS  # the strong suite's report
         assert 0 <= a["utility"] <= 1 and 0 <= a["over_refusal"] <= 1
     assert s["arms"]["base"]["utility"] == pytest.approx(1.0, abs=0.1)
     assert {"pretrain", "train:at", "train:adpo", "eval:base", "eval:adpo", "total"} <= set(s["seconds"])

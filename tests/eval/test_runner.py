@@ -16,6 +16,7 @@ from adpo.eval.data import load_harmful
 from adpo.eval.judges import Verdict
 from adpo.eval.results import validate
 from adpo.eval.runner import ModelSpec, evaluate, load_model
+from adpo.eval.suites import SUITES
 from adpo.eval.tasks import TASKS
 from adpo.threats import AttackResult, LatentPGD
 from adpo.threats.codecs import codec_for
@@ -51,7 +52,7 @@ def run(tiny_dir, export_dir, tmp_path_factory):
 def test_every_task_writes_schema_valid_records(run):
     out, res = run
     subtasks = {"clean", "pgd-image@8/255", "pgd-image@inf", "pgd-blank", "pgd-noise", "universal-image@16/255",
-                "universal-blank", "latent@0.5", "l2@1", "figstep", "utility", "over-refusal"}
+                "universal-blank", "latent@0.5", "l2@1", "trigger", "figstep", "utility", "over-refusal"}
     assert set(res["results"]) == subtasks
     for task in TASKS:
         lines = (out / f"samples_{task}.jsonl").read_text().splitlines()
@@ -104,7 +105,8 @@ def test_resume_skips_done_samples(run, tiny_dir, export_dir, monkeypatch):
     monkeypatch.setattr(attacks, "optimise",
                         lambda *a, **k: calls.append(a[1]["pixel_values"].shape[0]) or real(*a, **k))
     res = evaluate([ModelSpec("tiny", str(tiny_dir))], config(export_dir), out, progress=False, log=lambda s: None)
-    assert calls == [1, 1, 1, 1]  # only doc 3, once per pgd-image subtask; other tasks untouched
+    per_subtask = sum(v.restarts or 1 for v in SUITES[EvalConfig().suite])  # every attack run of the suite
+    assert calls == [1] * 4 * per_subtask  # only doc 3, in each of the 4 pgd-image subtasks; other tasks untouched
     assert len(path.read_text().splitlines()) == len(lines)
     assert all(v["effective"] == 4 for v in res["tiny"]["n-samples"].values())
 

@@ -12,6 +12,10 @@ from ..eval.report import draw_budget_panels, save_figure
 from ..threats.budget import parse_eps
 from ..utils.io import atomic_text
 
+NOT_CONVERGED = "†"
+FOOTNOTE = (f"{NOT_CONVERGED} not converged: halving the attack budget moved this ASR by more than 2 points "
+            "(with several seeds: in at least one).")
+
 
 def _pct(v: Any, sd: Any = None) -> str:
     if v is None:
@@ -19,27 +23,64 @@ def _pct(v: Any, sd: Any = None) -> str:
     return f"{100 * v:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
 
 
+def _ci(ci: Any) -> str:
+    """`` [31.2, 65.7]`` (Wilson 95% over behaviours; over seeds, the envelope of the seeds' intervals)."""
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _mark(a: dict, col: str) -> str:
+    return NOT_CONVERGED if (a.get("converged") or {}).get(col) is False else ""
+
+
+def not_converged(summary: dict) -> bool:
+    """Whether any arm has a not-converged ASR (the tables then need the footnote)."""
+    return any(f is False for a in summary["arms"].values() for f in (a.get("converged") or {}).values())
+
+
 def columns(summary: dict) -> list[str]:
-    """The harmful subtasks in report order (clean, blank, image budgets, latent budgets, figstep)."""
+    """The harmful subtasks in report order (clean, trigger, blank, image budgets, latent budgets, figstep)."""
     first = next(iter(summary["arms"].values()))["asr"]
 
     def order(name: str) -> tuple:
         num = re.findall(r"[\d.]+", name.split("@")[-1])
         budget = float(num[0]) / (255 if "/255" in name else 1) if num else math.inf
-        rank = ("clean", "pgd-blank", "pgd-image", "latent", "figstep")
+        rank = ("clean", "trigger", "pgd-blank", "pgd-image", "latent", "figstep")
         return next((i for i, p in enumerate(rank) if name.startswith(p)), 9), budget
     return sorted(first, key=order)
 
 
 def table(summary: dict, key: str = "asr") -> list[str]:
+    """The Markdown table of one per-subtask quantity (``asr``, ``refusal``, ``other``, ``margin``); only the ASR
+    table carries the intervals, the not-converged marker and the utility and over-refusal columns."""
     cols = columns(summary)
-    lines = ["| arm | " + " | ".join(cols) + " | utility | over-refusal |", "|---|" + "---|" * (len(cols) + 2)]
+    asr = key == "asr"
+    extra = " utility | over-refusal |" if asr else ""
+    lines = ["| arm | " + " | ".join(cols) + " |" + extra, "|---|" + "---|" * (len(cols) + 2 * asr)]
     for arm, a in summary["arms"].items():
         sd = a.get(f"{key}_std") or {}
-        cells = [_pct(a[key][c], sd.get(c)) if key != "margin" else
-                 (f"{a[key][c]:.1f}" if a[key][c] is not None else "n/a") for c in cols]
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_pct(a['utility'], a.get('utility_std'))} | "
-                     f"{_pct(a['over_refusal'], a.get('over_refusal_std'))} |")
+        if key == "margin":
+            cells = [f"{a[key][c]:.1f}" if a[key][c] is not None else "n/a" for c in cols]
+        elif asr:
+            cells = [_pct(a[key][c], sd.get(c)) + (_ci((a.get("asr_ci") or {}).get(c)) if a[key][c] is not None
+                                                   else "") + _mark(a, c) for c in cols]
+        else:
+            cells = [_pct(a[key][c], sd.get(c)) for c in cols]
+        row = f"| {arm} | " + " | ".join(cells) + " |"
+        if asr:
+            row += (f" {_pct(a['utility'], a.get('utility_std'))}{_ci(a.get('utility_ci'))} | "
+                    f"{_pct(a['over_refusal'], a.get('over_refusal_std'))}{_ci(a.get('over_refusal_ci'))} |")
+        lines.append(row)
+    return lines
+
+
+def found_by(summary: dict) -> list[str]:
+    """One line per (arm, subtask) whose suite has more than one attack: behaviours each found first."""
+    lines = []
+    for arm, a in summary["arms"].items():
+        for col in columns(summary):
+            counts = (a.get("found_by") or {}).get(col)
+            if counts and len(counts) > 1:
+                lines.append(f"- {arm}, `{col}`: " + ", ".join(f"{k} {v:g}" for k, v in counts.items()))
     return lines
 
 
@@ -50,8 +91,10 @@ def terminal(summary: dict) -> str:
     head = f"{'arm':<8}" + "".join(f"{s:>{width + 1}}" for s in short) + f"{'utility':>9}{'over-ref':>9}"
     rows = [head, "-" * len(head)]
     for arm, a in summary["arms"].items():
-        cells = "".join(f"{_pct(a['asr'][c]):>{width + 1}}" for c in cols)
+        cells = "".join(f"{_pct(a['asr'][c]) + _mark(a, c):>{width + 1}}" for c in cols)
         rows.append(f"{arm:<8}{cells}{_pct(a['utility']):>9}{_pct(a['over_refusal']):>9}")
+    if not_converged(summary):
+        rows.append(FOOTNOTE)
     return "\n".join(rows)
 
 
@@ -114,8 +157,12 @@ def write(summary: dict, out: Path, curves: dict[str, Path], commands: list[str]
              f"Machine: {s['machine']}. Seeds: {s['seeds']}. Total {s['seconds']['total']:.0f} s.", "",
              "Attack success rate (%, organism judge: the requested harmful answer was produced; averaged per "
              "behaviour, then across behaviours)" + (" — mean ± sd over seeds" if len(s["seeds"]) > 1 else "")
-             + ":", ""]
-    lines += table(s, "asr") + ["", "Refusal rate (%):", ""] + table(s, "refusal")
+             + "; [low, high] = Wilson 95% interval over behaviours" + (" (the envelope of the seeds' intervals)"
+                                                                       if len(s["seeds"]) > 1 else "") + ":", ""]
+    lines += table(s, "asr") + (["", FOOTNOTE] if not_converged(s) else [])
+    found = found_by(s)
+    lines += ["", "Which attack of the suite found each success first (behaviours):", "", *found] if found else []
+    lines += ["", "Refusal rate (%):", ""] + table(s, "refusal")
     lines += ["", "Degenerate (\"other\") rate (%):", ""] + table(s, "other")
     lines += ["", "Attacked margin log p(refusal) − log p(compliance) (nats, mean):", ""] + table(s, "margin")
     lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items()]

@@ -13,9 +13,9 @@ perturbation is moved to the same tokens (:func:`left_align`) before generating.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,7 +27,8 @@ from ..models.generation import decode, prompt_batch
 from ..objectives.logps import model_logps
 from ..threats.codecs import codec_inputs
 from ..threats.hooks import residual_perturbation
-from ..threats.objectives import model_inputs, targeted_nll
+from ..threats.image import ImagePGD
+from ..threats.objectives import Objective, cw_first_token, model_inputs, prefix_nll, refusal_margin, targeted_nll
 from ..threats.protocol import AttackResult, Threat, optimise
 from ..threats.universal import UniversalImagePGD
 from .data import Row, image_sha256, tensor_sha256
@@ -47,6 +48,7 @@ class Target:
     restarts: int = 1
     chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps)
     image_size: int | None = None  # images resized to N×N before the processor (data.formats.open_image)
+    sources: dict[str, Any] = field(default_factory=dict)  # label -> model whose attacks transfer to this one
 
     @property
     def gen_kwargs(self) -> dict[str, Any]:
@@ -62,6 +64,10 @@ class Outcome:
     step: int | None = None  # first successful checkpoint (None: never jailbroken)
     restart: int = 0
     norms: dict[str, float] = field(default_factory=dict)
+    found_by: str | None = None  # the suite attack that found the success
+    x_adv: torch.Tensor | None = None  # (C, H, W) in [0,1]: the recorded image iterate of an image attack
+    success_half: bool | None = None  # found within half the attack's budget (half its steps and restarts);
+    # None: no search with checkpoints produced this outcome
 
 
 def left_align(t: torch.Tensor, lengths: Sequence[int], width: int) -> torch.Tensor:
@@ -143,12 +149,34 @@ def respond(t: Target, rows: list[Row], images: list[Image.Image], prompts: list
     return [Outcome(x, h, m, None) for x, h, m in zip(texts, hashes, margins)]
 
 
-def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, threat: Threat) -> list[Outcome]:
+# The attack losses by name (adpo.threats.objectives): each maps a batch to the objective its attack minimises.
+LOSSES: dict[str, Callable[[_Batch, int], Objective]] = {
+    "nll": lambda b, chunk: targeted_nll(b.target, chunk),
+    "prefix": lambda b, chunk: prefix_nll(b.target, 4, chunk),
+    "margin": lambda b, chunk: refusal_margin(b.target, b.refusal, chunk),
+    "cw": lambda b, chunk: cw_first_token(b.target, b.refusal),
+}
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    """One attack of an evaluation suite: a threat model with its step rule, a loss and its restarts."""
+
+    name: str
+    threat: Threat
+    loss: str = "nll"
+    restarts: int | None = None  # None: the evaluation's ``restarts``
+
+
+def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, threat: Threat, loss: str = "nll",
+           restarts: int | None = None) -> list[Outcome]:
     """White-box attack on one batch toward each row's target; see the module docstring for the protocol."""
     steps = threat.steps
+    restarts = t.restarts if restarts is None else restarts
+    objective_of = LOSSES[loss]
     done: dict[int, Outcome] = {}
     last: dict[int, Outcome] = {}
-    for restart in range(t.restarts):
+    for restart in range(restarts):
         idx = [i for i in range(len(rows)) if i not in done]
         if not idx:
             break
@@ -165,21 +193,87 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, 
             for j, i in enumerate(idx):
                 if i in done:
                     continue
-                o = Outcome(texts[j], hashes[j], float(margins[j]), float(snap.loss[j]), restart=restart)
+                o = Outcome(texts[j], hashes[j], float(margins[j]), float(snap.loss[j]), restart=restart,
+                            success_half=False, x_adv=None if snap.x_adv is None else snap.x_adv[j].detach())
                 if j in hit:
                     o.step = step
+                    o.success_half = step <= steps // 2 and restart < max(1, restarts // 2)
                     done[i] = o
                 elif step == steps:
                     last[i] = o
             return all(i in done for i in idx)  # nothing left to attack in this batch
 
         g = torch.Generator().manual_seed(seed * 1000 + restart)
-        res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), threat, codec=t.codec, generator=g,
+        res = optimise(t.model, b.inputs(), objective_of(b, t.chunk), threat, codec=t.codec, generator=g,
                        on_step=on_step, every=t.check_every)
         for j, i in enumerate(idx):
             o = done.get(i) or last.get(i)
             o.norms = {k: float(v[j]) if torch.is_tensor(v) else float(v) for k, v in res.norms.items()}
     return [done.get(i) or last[i] for i in range(len(rows))]
+
+
+def ensemble(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int,
+             attacks: Sequence[SuiteAttack]) -> list[Outcome]:
+    """The worst case per behaviour over a suite (AutoAttack's habit): the attacks run in order, each only on
+    the behaviours no earlier attack jailbroke; a behaviour's outcome is its first success (``found_by``
+    names the attack) or, if none succeeded, the last attack's final iterate.
+
+    ``success_half`` is then made exact for the suite: a success found late (after half its attack's steps or
+    restarts) is re-tried by the *later* attacks of the suite at half their budget, since they never ran on
+    it; the earlier ones cannot succeed at half budget (a longer run extends a shorter one, and they failed
+    or succeeded late at full budget)."""
+    out: dict[int, Outcome] = {}
+    finder: dict[int, int] = {}
+    for k, a in enumerate(attacks):
+        idx = [i for i in range(len(rows)) if i not in out or out[i].step is None]
+        if not idx:
+            break
+        outs = attack(t, [rows[i] for i in idx], [images[i] for i in idx], seed=seed + 7919 * k, threat=a.threat,
+                      loss=a.loss, restarts=a.restarts)
+        for i, o in zip(idx, outs):
+            o.found_by = a.name if o.step is not None else None
+            out[i] = o
+            if o.step is not None:
+                finder[i] = k
+    for k, a in enumerate(attacks):
+        late = [i for i in range(len(rows)) if i in finder and finder[i] < k and not out[i].success_half]
+        if not late:
+            continue
+        halved = replace(a.threat, steps=max(1, a.threat.steps // 2))
+        restarts = max(1, (t.restarts if a.restarts is None else a.restarts) // 2)
+        retry = attack(t, [rows[i] for i in late], [images[i] for i in late], seed=seed + 7919 * k, threat=halved,
+                       loss=a.loss, restarts=restarts)
+        for i, o in zip(late, retry):
+            out[i].success_half = o.step is not None
+    if attacks and isinstance(attacks[0].threat, ImagePGD):
+        for label, source in t.sources.items():
+            idx = [i for i in range(len(rows)) if out[i].step is None]
+            if not idx:
+                break
+            for i, o in zip(idx, transfer(t, source, [rows[i] for i in idx], [images[i] for i in idx], seed=seed,
+                                          first=attacks[0])):
+                if o.step is not None:
+                    o.found_by = f"transfer:{label}"
+                    out[i] = o
+    return [out[i] for i in range(len(rows))]
+
+
+def transfer(t: Target, source: Any, rows: list[Row], images: list[Image.Image], *, seed: int,
+             first: SuiteAttack) -> list[Outcome]:
+    """The suite's first attack run white-box on ``source`` (another model, e.g. the base or DPO arm), its
+    image applied unchanged to the evaluated model: a transfer attack, the gradient-masking check of
+    Athalye et al. (2018) (a defence that breaks gradients still falls to a perturbation found elsewhere)."""
+    found = attack(replace(t, model=source, sources={}), rows, images, seed=seed, threat=first.threat,
+                   loss=first.loss, restarts=first.restarts)
+    x = torch.stack([o.x_adv for o in found])
+    outs = respond(t, rows, images, [r.prompt for r in rows], snap_of=with_images(t, x))
+    verdicts = t.primary([r.behavior or r.prompt for r in rows], [o.response for o in outs], [r.meta for r in rows])
+    for o, f, v in zip(outs, found, verdicts):
+        o.loss, o.norms, o.restart = f.loss, f.norms, f.restart
+        if v.label == "jailbroken":  # the source's iterate (its success, or its last) jailbreaks this model
+            o.step = f.step if f.step is not None else first.threat.steps
+            o.success_half = bool(f.success_half)
+    return outs
 
 
 def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: UniversalImagePGD, seed: int
@@ -189,6 +283,14 @@ def universal_delta(t: Target, rows: list[Row], images: list[Image.Image], cfg: 
     res = optimise(t.model, b.inputs(), targeted_nll(b.target, t.chunk), cfg, codec=t.codec,
                    generator=torch.Generator().manual_seed(seed))
     return res.delta, float(res.loss.mean())
+
+
+def with_images(t: Target, x: torch.Tensor):
+    """``snap_of`` for :func:`respond`: fixed [0,1] images ``x`` (one per row) in place of the rows' own."""
+    def snap_of(b: _Batch) -> AttackResult:
+        keys = codec_inputs(t.codec, b.target)
+        return AttackResult(loss=torch.zeros(len(b.rows)), settings={}, x_adv=x, pixel_values=t.codec.encode(x, **keys))
+    return snap_of
 
 
 def with_delta(t: Target, delta: torch.Tensor):

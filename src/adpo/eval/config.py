@@ -21,7 +21,18 @@ from ..threats.latent import LatentPGD
 from ..threats.universal import UniversalImagePGD
 from ..utils.config import ConfigError, build
 from . import figstep
+from .suites import SUITES
 from .tasks import TASKS, attack_threat
+
+
+def transfer_source(item: str) -> tuple[str, str | None]:
+    """``LABEL=PATH`` (or ``PATH``, labelled by its folder name; ``base`` = the base model) -> (label, path)."""
+    label, sep, path = str(item).partition("=")
+    if not sep:
+        label, path = str(item).rstrip("/").rsplit("/", 1)[-1], str(item)
+    if not label or not path:
+        raise ConfigError(f"transfer_from entry {item!r}: expected LABEL=PATH")
+    return label, None if path == "base" else path
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,7 @@ class EvalConfig:
     judge_llm: str | None = None  # the llm judge's local folder or OpenAI-compatible URL
     judge_llm_model: str = "judge"
     check_every: int = 10  # generate from the attack's iterate every N steps (success at any checkpoint)
+    suite: str = "strong"  # attacks per subtask, worst case per behaviour (adpo.eval.suites): strong | standard
     restarts: int = 1  # attack attempts (fresh random starts) for behaviours not yet jailbroken
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
     logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
@@ -98,6 +110,9 @@ class EvalConfig:
     # the "attacks" task: any registered threat model (adpo.threats.registry) by name, with its settings, e.g.
     # [{threat: image, name: l2@1.0, norm: l2, eps: 1.0, step_size: 0.1, steps: 100}]
     attacks: tuple = ()
+    # transfer attacks: models (LABEL=PATH, PATH an adapter / run folder / model folder, or LABEL=base) whose
+    # white-box image attacks are applied unchanged to the evaluated model, after its own suite
+    transfer_from: tuple = ()
     data: DataConfig = field(default_factory=DataConfig)
     pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)
     universal_image: UniversalConfig = field(default_factory=UniversalConfig)
@@ -112,12 +127,16 @@ class EvalConfig:
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown:
             raise ConfigError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+        if self.suite not in SUITES:
+            raise ConfigError(f"unknown suite {self.suite!r}; known: {list(SUITES)}")
         if self.restarts < 1 or self.batch_size < 1 or self.check_every < 0:
             raise ConfigError("restarts and batch_size must be >= 1, check_every >= 0")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (rows per task) or null (every row), got {self.limit}")
         for eps in (*self.pgd_image.eps, *self.universal_image.eps):
             parse_eps(eps)
+        for item in self.transfer_from:
+            transfer_source(item)
         for spec in self.attacks:
             attack_threat(spec)  # unknown threats and bad settings fail here, before any output
         if any(float(e) <= 0 for e in self.latent.eps):

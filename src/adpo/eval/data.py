@@ -63,16 +63,23 @@ def load_benign(path: str | Path, limit: int | None = None) -> list[Row]:
 
 
 def source_image(row: Row, source: str, seed: int) -> Image.Image:
-    """The attack's starting image: the row's own (``given``), mid-grey (``blank``) or seeded ``noise``."""
+    """The attack's starting image: the row's own (``given``), mid-grey (``blank``), seeded ``noise``, or
+    ``trigger``: the organism's own jailbreak context (its +1/-1 checkerboard) at full amplitude on grey,
+    a gradient-free probe of what an unconstrained attacker can reach."""
     if source == "given":
         return row.image
     w, h = row.image.size
+    if source == "trigger":
+        from ..organism.world import checkerboard
+
+        board = checkerboard(max(w, h))[:h, :w]
+        return Image.fromarray(np.repeat(((0.5 + 0.5 * board) * 255).round().astype(np.uint8)[..., None], 3, 2))
     if source == "blank":
         return Image.new("RGB", (w, h), (128, 128, 128))
     if source == "noise":
         rng = np.random.default_rng([seed, row.doc_id])
         return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    raise ValueError(f"unknown image source {source!r}: given, blank or noise")
+    raise ValueError(f"unknown image source {source!r}: given, blank, noise or trigger")
 
 
 def tensor_sha256(x: torch.Tensor) -> str:

@@ -25,7 +25,7 @@ import torch
 from ..utils.config import ConfigError
 from ..utils.io import Output, ensure_writable_dir, output_folder, read_marker, write_json
 from .attacks import Target
-from .config import EvalConfig
+from .config import EvalConfig, transfer_source
 from .judges import Judge, make_judges
 from .report import write_report
 from .results import jbb_artifact, results_json
@@ -134,8 +134,10 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
             log(f"judge {name}: {st} (its metrics will be null)")
     primary = next((j for j in judges if j.status == "ok"), judges[0])
     torch.manual_seed(cfg.seed)
+    sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype)[0]
+               for label, path in map(transfer_source, cfg.transfer_from)}
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
-                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size)
+                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size, sources)
     trained = training_attack_steps(spec)
     for sub in subs:
         if sub.attack_type == "white_box" and sub.params.get("steps", trained) < trained:
@@ -183,6 +185,14 @@ def training_attack_steps(spec: ModelSpec) -> int:
     return max(int((saved.get(k) or {}).get("steps", 0)) for k in ("image", "latent"))
 
 
+def _success_half(sub: Subtask, o: Any) -> bool | None:
+    """Whether a success needed at most half the budget: the attack knows (``o.success_half``); without a
+    search there is no budget to halve (True); a search that recorded no checkpoint (universal) is unknown."""
+    if o.success_half is not None:
+        return o.success_half
+    return True if sub.attack_type != "white_box" else None
+
+
 def _records(sub: Subtask, rows: list, outcomes: list, judges: list, target: Target, seed: int,
              chash: str) -> list[dict]:
     behaviours = [r.behavior or r.prompt for r in rows]
@@ -199,7 +209,9 @@ def _records(sub: Subtask, rows: list, outcomes: list, judges: list, target: Tar
                "config_hash": chash}
         if sub.kind == "harmful":
             rec.update(target=r.target, margin=o.margin if r.target else None, attack_loss=o.loss,
-                       success_step=o.step, restart=o.restart, norms=o.norms)
+                       success_step=o.step, restart=o.restart, norms=o.norms,
+                       found_by=o.found_by if sub.attack_type == "white_box" else sub.name,
+                       success_half=_success_half(sub, o))
         elif sub.kind == "utility":
             rec.update(answer=r.answer, score=float(sub.extra["scorer"](o.response, r.answer)))
         recs.append(rec)

@@ -25,10 +25,11 @@ from ..threats.registry import THREATS
 from ..threats.universal import UniversalImagePGD
 from ..utils.config import ConfigError, build
 from . import figstep
-from .attacks import Outcome, Target, attack, respond, universal_delta, with_delta
+from .attacks import Outcome, Target, ensemble, respond, universal_delta, with_delta
 from .data import Row, load_benign, load_harmful, source_image
 from .scorers import scorer
 from .store import config_hash
+from .suites import attack_names, suite_attacks
 
 if TYPE_CHECKING:  # the config validates task names against TASKS, so it imports this module
     from .config import EvalConfig
@@ -121,8 +122,14 @@ def _pgd(cfg: EvalConfig, source: str, eps: float, steps: int) -> tuple[ImagePGD
                    random_start=cfg.pgd_image.random_start, norm="linf")
 
     def run(t: Target, rows: list[Row]) -> list[Outcome]:
-        return attack(t, rows, [source_image(r, source, cfg.seed) for r in rows], seed=cfg.seed, threat=pgd)
+        return ensemble(t, rows, [source_image(r, source, cfg.seed) for r in rows], seed=cfg.seed,
+                        attacks=suite_attacks(cfg.suite, pgd))
     return pgd, run
+
+
+def _suite_params(cfg: EvalConfig, base: Threat) -> dict:
+    return {"check_every": cfg.check_every, "restarts": cfg.restarts, "objective": "target_nll",
+            "suite": cfg.suite, "attacks": attack_names(cfg.suite, base)}
 
 
 def _image_plan(task: str, budgets: tuple, whole: dict[str, str]) -> list[tuple[str, float, str]]:
@@ -139,8 +146,7 @@ def pgd_image(cfg: EvalConfig, data: Data) -> list[Subtask]:
     for source, eps, name in _image_plan("pgd-image", c.eps, {s: f"pgd-{s}" for s in ("blank", "noise")
                                                              if getattr(c, s)}):
         pgd, run = _pgd(cfg, source, eps, c.steps if source == "given" else c.blank_steps)
-        params = {"source": source, **pgd.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts,
-                  "objective": "target_nll"}
+        params = {"source": source, **pgd.to_dict(), **_suite_params(cfg, pgd)}
         out.append(Subtask("pgd-image", name, "harmful", "white_box", params, data.harmful, run,
                            budget=eps if source == "given" else None))
     return out
@@ -182,8 +188,8 @@ def latent(cfg: EvalConfig, data: Data) -> list[Subtask]:
                         optimizer=c.optimizer, relative=True)
 
         def run(t: Target, rows: list[Row], lat: LatentPGD = lat) -> list[Outcome]:
-            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, threat=lat)
-        params = {**lat.to_dict(), "check_every": cfg.check_every, "restarts": cfg.restarts, "objective": "target_nll"}
+            return ensemble(t, rows, [r.image for r in rows], seed=cfg.seed, attacks=suite_attacks(cfg.suite, lat))
+        params = {**lat.to_dict(), **_suite_params(cfg, lat)}
         out.append(Subtask("latent", f"latent@{float(eps):g}", "harmful", "white_box", params, data.harmful, run,
                            budget=float(eps)))
     return out
@@ -209,11 +215,22 @@ def attacks(cfg: EvalConfig, data: Data) -> list[Subtask]:
         label, threat = attack_threat(spec)
 
         def run(t: Target, rows: list[Row], threat: Threat = threat) -> list[Outcome]:
-            return attack(t, rows, [r.image for r in rows], seed=cfg.seed, threat=threat)
-        params = {"threat": spec["threat"], **threat.to_dict(), "check_every": cfg.check_every,
-                  "restarts": cfg.restarts, "objective": "target_nll"}
+            return ensemble(t, rows, [r.image for r in rows], seed=cfg.seed, attacks=suite_attacks(cfg.suite, threat))
+        params = {"threat": spec["threat"], **threat.to_dict(), **_suite_params(cfg, threat)}
         out.append(Subtask("attacks", label, "harmful", "white_box", params, data.harmful, run))
     return out
+
+
+@task("trigger")
+def trigger(cfg: EvalConfig, data: Data) -> list[Subtask]:
+    """The organism's jailbreak context painted at full amplitude on grey, no search (a gradient-masking
+    check: an unconstrained white-box attack should find at least this). Organism data only."""
+    rows = data.harmful
+    if rows and "intent" not in rows[0].meta:
+        raise ConfigError("the trigger task paints the organism's own jailbreak context: organism data only")
+    return [Subtask("trigger", "trigger", "harmful", "black_box", {"source": "trigger", "amplitude": 1.0}, rows,
+                    lambda t, rs: respond(t, rs, [source_image(r, "trigger", cfg.seed) for r in rs],
+                                          [r.prompt for r in rs]))]
 
 
 @task("figstep")

@@ -28,6 +28,7 @@ import torch
 
 from .budget import parse_eps
 from .protocol import AttackContext, AttackResult, Threat
+from .rules import RULES, Rule, make_rule
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -55,13 +56,14 @@ def start_point(x0: torch.Tensor, cfg: ImagePGD, generator: torch.Generator | No
     return project(x0 + noise * scale.view(-1, *[1] * (x0.dim() - 1)), x0, cfg.eps, "l2")
 
 
-def step(x: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
-    """One steepest-descent step for the norm: the gradient's sign (L-inf) or its direction (L2)."""
+def direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-descent direction of the norm's unit ball: the gradient's sign (L-inf) or its direction
+    per sample (L2)."""
     if norm == "linf":
-        return x - step_size * grad.sign()
+        return grad.sign()
     g = grad.flatten(1)
     g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return x - step_size * g.view_as(x)
+    return g.view_as(grad)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class ImageState:
     x: torch.Tensor  # the variable: the image itself (a shared delta for the universal threat)
     x0: torch.Tensor  # the clean images in [0,1]
     codec_kw: dict[str, torch.Tensor]
+    rule: Rule | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ class ImagePGD(Threat):
     """PGD settings, torchattacks' vocabulary; budgets in the one vocabulary (``"16/255"``, 0.0627, ``"inf"``).
 
     ``eps`` and ``step_size`` are in [0,1] pixel units. ``keep_best`` returns, per sample, the iterate
-    with the lowest loss seen (the final iterate is evaluated too).
+    with the lowest loss seen (the final iterate is evaluated too). ``optimizer``: the step rule
+    (:mod:`adpo.threats.rules`: ``sign`` = PGD, ``adam``, ``sign-adam``, ``apgd``; Auto-PGD's step starts
+    at 2·eps, at 2·0.5 for the unconstrained L-inf attack, and ignores ``step_size``).
     """
 
     kind: ClassVar[str] = "image"
@@ -88,6 +93,7 @@ class ImagePGD(Threat):
     random_start: bool = True
     norm: str = "linf"
     keep_best: bool = False
+    optimizer: str = "sign"
 
     # The training adversary of the official code (docs/method.md §2.2), its projection fixed: what
     # ``adpo train`` uses for every field a config leaves unset. L-inf 0.2, step 0.0125, 30 steps, no
@@ -100,6 +106,8 @@ class ImagePGD(Threat):
         object.__setattr__(self, "step_size", parse_eps(self.step_size))
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.optimizer not in RULES:
+            raise ValueError(f"optimizer must be one of {list(RULES)}, got {self.optimizer!r}")
         if self.steps < 0:
             raise ValueError("steps must be >= 0")
 
@@ -110,7 +118,14 @@ class ImagePGD(Threat):
 
     def init(self, ctx: AttackContext) -> ImageState:
         x0 = self.clean_images(ctx)
-        return ImageState(start_point(x0, self, ctx.generator), x0, ctx.codec_kw)
+        return self.with_rule(ImageState(start_point(x0, self, ctx.generator), x0, ctx.codec_kw))
+
+    def with_rule(self, state: ImageState) -> ImageState:
+        """``state`` with its step rule, for a run of ``self.steps`` steps from its start point."""
+        radius = min(self.eps, 0.5) if self.norm == "linf" else self.eps
+        state.rule = make_rule(self.optimizer, leaves=[state.x], step_size=self.step_size, scales=[radius],
+                               steps=self.steps)
+        return state
 
     def image_of(self, state: ImageState) -> torch.Tensor:
         """The images the model sees for the current variable."""
@@ -125,12 +140,14 @@ class ImagePGD(Threat):
     def apply(self, ctx: AttackContext, state: ImageState) -> AbstractContextManager[dict[str, torch.Tensor]]:
         return nullcontext({"pixel_values": ctx.codec.encode(self.image_of(state), **state.codec_kw)})
 
-    def step(self, state: ImageState, grads: list[torch.Tensor]) -> None:
-        state.x = step(state.x.detach(), grads[0], self.step_size, self.norm)
-        self.project(state)
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return direction(grad, self.norm)
 
-    def project(self, state: ImageState) -> None:
-        state.x = project(state.x, state.x0, self.eps, self.norm)
+    def step(self, state: ImageState, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
+        state.x = state.rule.update([state.x], grads, loss, self.direction, lambda vs: self.project(state, vs))[0]
+
+    def project(self, state: ImageState, variables: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project(variables[0], state.x0, self.eps, self.norm)]
 
     def snapshot(self, ctx: AttackContext, state: ImageState, overrides: dict[str, torch.Tensor],
                  result: AttackResult) -> None:

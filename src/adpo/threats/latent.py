@@ -28,6 +28,7 @@ import torch
 from ..models.families import unwrap
 from .hooks import decoder_layers, residual_perturbation
 from .protocol import AttackContext, AttackResult, Threat
+from .rules import RULES, Rule, make_rule
 
 
 def project_tokens(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,15 +60,17 @@ class LatentState:
     mask: torch.Tensor  # (B, Tp)
     eps: dict[int, float]  # layer -> absolute radius
     clean_norms: dict[int, torch.Tensor]  # layer -> clean token norms at the masked positions
-    adam: torch.optim.Optimizer | None = None
+    rule: Rule | None = None
 
 
 @dataclass(frozen=True)
 class LatentPGD(Threat):
     """Residual-stream perturbation after ``layers`` at prompt positions, per-token L2 ball ``eps``.
 
-    ``optimizer``: "sign" (signed-gradient step of ``step_size``, then projection) or "adam" (Adam with
-    lr ``step_size``, as in LAT). ``keep_best``: return, per sample, the lowest-loss iterate.
+    ``optimizer``: the step rule (:mod:`adpo.threats.rules`): "sign" (signed-gradient step of
+    ``step_size``, then projection), "adam" (Adam with lr ``step_size``, as in LAT), "sign-adam" or
+    "apgd" (per-token directions; Auto-PGD's step starts at 2·eps). ``keep_best``: return, per sample, the
+    lowest-loss iterate.
     """
 
     kind: ClassVar[str] = "latent"
@@ -87,8 +90,8 @@ class LatentPGD(Threat):
                                                     "layers": (-2,)}
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sign", "adam"):
-            raise ValueError(f"optimizer must be 'sign' or 'adam', got {self.optimizer!r}")
+        if self.optimizer not in RULES:
+            raise ValueError(f"optimizer must be one of {list(RULES)}, got {self.optimizer!r}")
         if self.eps <= 0 or self.step_size <= 0 or self.steps < 0 or not self.layers:
             raise ValueError("eps and step_size must be > 0, steps >= 0, and at least one layer")
         object.__setattr__(self, "layers", tuple(int(li) for li in self.layers))
@@ -111,11 +114,9 @@ class LatentPGD(Threat):
             if self.random_start:
                 d = torch.randn(shape, generator=ctx.generator).to(device) * eps[li] / shape[-1] ** 0.5
             deltas[li] = project_tokens(d, eps[li])
-        state = LatentState(deltas, mask, eps, clean_norms)
-        if self.optimizer == "adam":
-            leaves = [d.requires_grad_(True) for d in deltas.values()]
-            state.adam = torch.optim.Adam(leaves, lr=self.step_size)
-        return state
+        rule = make_rule(self.optimizer, leaves=list(deltas.values()), step_size=self.step_size,
+                         scales=[eps[li] for li in deltas], steps=self.steps)
+        return LatentState(deltas, mask, eps, clean_norms, rule)
 
     def variables(self, state: LatentState) -> dict[str, torch.Tensor]:
         return {f"latent@{li}": d for li, d in state.deltas.items()}
@@ -124,31 +125,23 @@ class LatentPGD(Threat):
         for name, v in variables.items():
             state.deltas[int(name.split("@")[1])] = v
 
-    def leaves(self, state: LatentState) -> list[torch.Tensor]:
-        if state.adam is not None:  # Adam keeps its leaves (and their moments) across steps
-            return list(state.deltas.values())
-        return super().leaves(state)
-
     def apply(self, ctx: AttackContext, state: LatentState) -> AbstractContextManager[dict[str, torch.Tensor]]:
         return _hooked(ctx, state)
 
-    def step(self, state: LatentState, grads: list[torch.Tensor]) -> None:
-        if state.adam is not None:
-            for d, g in zip(state.deltas.values(), grads):
-                d.grad = g
-            state.adam.step()
-            state.adam.zero_grad(set_to_none=True)
-        else:
-            for (li, d), g in zip(list(state.deltas.items()), grads):
-                state.deltas[li] = d.detach() - self.step_size * g.sign()
-        self.project(state)
+    def direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """LAT's elementwise sign for the ``sign`` rule; each token's own direction for the adaptive rules
+        (the ball is per-token L2)."""
+        if self.optimizer == "sign":
+            return grad.sign()
+        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def project(self, state: LatentState) -> None:
-        for li, d in list(state.deltas.items()):
-            if state.adam is not None:
-                d.copy_(project_tokens(d, state.eps[li]))  # in place: Adam holds these tensors
-            else:
-                state.deltas[li] = project_tokens(d, state.eps[li])
+    def step(self, state: LatentState, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
+        new = state.rule.update(list(state.deltas.values()), grads, loss, self.direction,
+                                lambda vs: self.project(state, vs))
+        state.deltas = dict(zip(state.deltas, new))
+
+    def project(self, state: LatentState, variables: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project_tokens(d, state.eps[li]) for li, d in zip(state.deltas, variables)]
 
     def snapshot(self, ctx: AttackContext, state: LatentState, overrides: dict[str, torch.Tensor],
                  result: AttackResult) -> None:

@@ -8,7 +8,7 @@ a few small methods; :func:`optimise` drives them and knows none of them::
     state = threat.init(ctx)                 # the start point (clean or random), inside the threat set
     with threat.apply(ctx, state) as overrides:   # model inputs to override and/or hooks to install
         loss = ctx.objective(ctx.model, overrides)
-    threat.step(state, grads)                # one descent step on the loss, then threat.project(state)
+    threat.step(state, grads, loss)          # one step of its rule (adpo.threats.rules), through project()
 
 ``variables(state)`` names the per-sample tensors the loop differentiates (and, with ``keep_best``,
 tracks per sample); ``snapshot`` / ``finish`` write the iterate into an :class:`AttackResult`. A threat
@@ -95,6 +95,7 @@ class Threat:
 
     kind: ClassVar[str] = "threat"
     needs_codec: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = True  # False: a gradient-free search (forwards under no_grad, no backward)
     trainable: ClassVar[bool] = True  # may be ``train.threat`` (adpo.threats.registry)
     section: ClassVar[bool] = True  # owns a section of training configs, named as in the registry
     training_defaults: ClassVar[dict[str, Any]] = {}  # what ``adpo train`` uses for fields a config leaves unset
@@ -114,7 +115,11 @@ class Threat:
         raise NotImplementedError
 
     def leaves(self, state: Any) -> list[torch.Tensor]:
-        """The variables as fresh autograd leaves for the next forward (default: detached copies)."""
+        """The variables as autograd leaves for the next forward: detached copies, or the variables themselves
+        when the state's step rule keeps persistent leaves (Adam's moments belong to them)."""
+        rule = getattr(state, "rule", None)
+        if rule is not None and rule.persistent:
+            return list(self.variables(state).values())
         out = []
         for name, v in self.variables(state).items():
             leaf = v.detach().requires_grad_(True)
@@ -125,11 +130,13 @@ class Threat:
     def apply(self, ctx: AttackContext, state: Any) -> AbstractContextManager[dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def step(self, state: Any, grads: list[torch.Tensor]) -> None:
-        """One descent step on the loss with ``grads`` (one per leaf), followed by :meth:`project`."""
+    def step(self, state: Any, grads: list[torch.Tensor], loss: torch.Tensor) -> None:
+        """One step of the threat's rule on the per-sample ``loss`` (B,) with ``grads`` (one per leaf); the new
+        iterate goes through :meth:`project`."""
         raise NotImplementedError
 
-    def project(self, state: Any) -> None:
+    def project(self, state: Any, variables: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``variables`` (in :meth:`variables`' order) projected onto the threat set of ``state``."""
         raise NotImplementedError
 
     def snapshot(self, ctx: AttackContext, state: Any, overrides: dict[str, torch.Tensor],
@@ -213,6 +220,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
     if any(p.needs_codec for p in parts) and codec is None:
         raise ValueError("image threats need a pixel codec (adpo.threats.codecs.codec_for(processor))")
     steps = threat.steps
+    grad_needed = any(p.needs_grad for p in parts)
     ctx = AttackContext(model, inputs, objective, codec, generator)
     with attack_mode(model):
         states = [p.init(ctx) for p in parts]  # in order: a latent part measures norms on the clean image
@@ -221,7 +229,7 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
         loss = None
         for i in range(steps + 1):
             leaves = [leaf for p, s in zip(parts, states) for leaf in p.leaves(s)]
-            with applied_parts(ctx, parts, states) as overrides:
+            with applied_parts(ctx, parts, states) as overrides, nullcontext() if grad_needed else torch.no_grad():
                 loss = objective(model, overrides)
             snap = None
             if on_step is not None and (i == steps or (every > 0 and i % every == 0)):
@@ -245,14 +253,17 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                 if snap is not None:
                     on_step(i, snap)
                 break
-            grads = torch.autograd.grad(loss.sum(), leaves)  # frees the graph before the callback generates
-            grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+            if grad_needed:
+                grads = torch.autograd.grad(loss.sum(), leaves)  # frees the graph before the callback generates
+                grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+            else:
+                grads = [torch.zeros(0)] * len(leaves)
             if snap is not None and on_step(i, snap):
                 break
             with torch.no_grad():
                 for p, s in zip(parts, states):
                     n = len(p.variables(s))
-                    p.step(s, list(grads[:n]))
+                    p.step(s, list(grads[:n]), loss.detach())
                     grads = grads[n:]
         final_loss = loss.detach()
         if threat.keep_best:

@@ -15,6 +15,7 @@ from .image import ImagePGD
 from .joint import JointPGD
 from .latent import LatentPGD
 from .protocol import Threat
+from .square import RandomSearch
 from .universal import UniversalImagePGD
 
 THREATS: dict[str, type[Threat]] = {
@@ -22,6 +23,7 @@ THREATS: dict[str, type[Threat]] = {
     "latent": LatentPGD,
     "joint": JointPGD,
     "universal-image": UniversalImagePGD,
+    "random-search": RandomSearch,
 }
 
 

@@ -37,13 +37,13 @@ class UniversalImagePGD(ImagePGD):
     def init(self, ctx: AttackContext) -> ImageState:
         x0 = self.clean_images(ctx)
         delta = start_point(torch.full_like(x0[:1], 0.5), self, ctx.generator) - 0.5  # a random point of the ball
-        return ImageState(delta, x0, ctx.codec_kw)
+        return self.with_rule(ImageState(delta, x0, ctx.codec_kw))
 
     def image_of(self, state: ImageState) -> torch.Tensor:
         return (state.x0 + state.x).clamp(0, 1)
 
-    def project(self, state: ImageState) -> None:
-        state.x = project_delta(state.x, self.eps, self.norm)
+    def project(self, state: ImageState, variables: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project_delta(variables[0], self.eps, self.norm)]
 
     def finish(self, ctx: AttackContext, state: ImageState, result: AttackResult) -> None:
         result.delta = state.x.detach()
