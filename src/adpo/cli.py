@@ -72,25 +72,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     raw = apply_overrides(load_yaml(args.config), args.overrides)
     demo = DemoConfig.from_dict(raw)
-    world, model, train = _organism_configs(args, extra=DEMO_KEYS)
     if args.seeds < 1:
         raise ConfigError("--seeds must be >= 1")
-    _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
-    print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
-                          "train (every arm)": demo.train,
-                          "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
+    organism_seeds = _seed_list(args.organism_seeds) if args.organism_seeds else None
+    if organism_seeds and args.seed is not None:
+        raise ConfigError("use either --seed (one organism) or --organism-seeds (several), not both")
     out = Path(args.out)
-
-    def base() -> dict[str, Any]:
-        metrics = pretrain(out / "organism", world, model, train, force=args.force)
-        _print_metrics(metrics)
-        return metrics
     cmd = " ".join(["adpo demo", "--out", str(out), "--seeds", str(args.seeds)]
+                   + (["--seed", str(args.seed)] if args.seed is not None else [])
+                   + (["--organism-seeds", args.organism_seeds] if organism_seeds else [])
                    + (["--config", args.config] if args.config else []) + list(args.overrides))
-    run_demo(out, out / "organism", base, demo, list(range(args.seeds)), _machine(), [cmd],
-             progress=not args.no_progress)
+
+    def one(seed: int | None, folder: Path) -> dict[str, Any]:
+        args.seed = seed
+        world, model, train = _organism_configs(args, extra=DEMO_KEYS)
+        _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
+        print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
+                              "train (every arm)": demo.train,
+                              "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
+
+        def base() -> dict[str, Any]:
+            metrics = pretrain(folder / "organism", world, model, train, force=args.force)
+            _print_metrics(metrics)
+            return metrics
+        return run_demo(folder, folder / "organism", base, demo, list(range(args.seeds)), _machine(), [cmd],
+                        progress=not args.no_progress)
+
+    if organism_seeds:
+        from .demo.instances import run_instances
+
+        run_instances(out, organism_seeds, one, [cmd])
+    else:
+        one(args.seed, out)
     print(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--organism-seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from e
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--organism-seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -205,6 +231,10 @@ def make_parser() -> argparse.ArgumentParser:
     organism_opts(sp)
     sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
     sp.add_argument("--seeds", type=int, default=1, help="repeat training and evaluation over seeds 0..N-1")
+    sp.add_argument("--organism-seeds", default=None, metavar="S,S,...",
+                    help="one whole demo per organism instance (world + pre-training seed S) into "
+                         "OUT/organism-seed<S>/, then the table over instances in OUT (what another machine's "
+                         "organism does to the result)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=cmd_demo)
 

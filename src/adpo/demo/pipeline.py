@@ -38,7 +38,7 @@ def load_recipe() -> dict:
 
 # The attacks every arm faces: adaptive, at least 10x the training attack's steps, the strong suite (several
 # step rules and losses, worst case per behaviour; adpo.eval.suites) plus its gradient-masking checks: the
-# painted trigger, and transfer attacks from the arms in TRANSFER_FROM (docs/evaluation.md).
+# painted trigger, and (with a suite other than "standard") transfer attacks from the arms in TRANSFER_FROM.
 EVAL = {
     "tasks": ["clean", "pgd-image", "latent", "trigger", "figstep", "utility", "over-refusal"],
     "suite": "strong", "limit": 32, "batch_size": 32, "check_every": 10,
@@ -161,7 +161,8 @@ def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, 
         log(f"[seed {seed}] evaluate {i}/{len(cfg.arms)}: {arm}")
         t0 = time.time()
         sources = tuple(f"{s}={adapters[s] or 'base'}" for s in TRANSFER_FROM if s in adapters and s != arm)
-        arm_cfg = replace(ecfg, transfer_from=sources) if sources and not ecfg.transfer_from else ecfg
+        replay = sources and not ecfg.transfer_from and ecfg.suite != "standard"  # standard: the one attack only
+        arm_cfg = replace(ecfg, transfer_from=sources) if replay else ecfg
         results[arm] = evaluate_model(ModelSpec(arm, str(organism), None if adapters[arm] is None else
                                                 str(adapters[arm])), arm_cfg, runs / "eval" / arm, data=edata,
                                       machine=machine, progress=progress, log=log)
