@@ -99,6 +99,9 @@ def test_adaptive_latent_rules_stay_in_the_per_token_ball_and_lower_the_loss(lla
     with torch.no_grad():
         clean = targeted_nll(batch)(model, {})
     assert (res.loss < clean).all()
+    again = LatentPGD(eps=2.0, step_size=0.5, steps=8, layers=(0,), optimizer=rule).run(model, batch,
+                                                                                         targeted_nll(batch))
+    assert torch.equal(again.latent[0], d)  # deterministic
 
 
 # ---- losses --------------------------------------------------------------------------------------------
