@@ -64,11 +64,13 @@ def targets(s: dict) -> list[tuple[str, bool, str]]:
 def masking(s: dict) -> list[str]:
     """The gradient-masking checks: behaviours only a gradient-free or transfer attack found, and the painted
     trigger against the unconstrained white-box attack (docs/evaluation.md)."""
+    from adpo.eval.report import is_masking_check
+
     lines = []
     for arm, a in s["arms"].items():
         for sub, counts in (a.get("found_by") or {}).items():
             for check, n in (counts or {}).items():
-                if n and (check == "random-search" or check.startswith("transfer:")):
+                if n and is_masking_check(check):
                     lines.append(f"- {arm}, `{sub}`: `{check}` found {n:g} behaviour(s) the white-box attacks missed")
         trig, blank = a["asr"].get("trigger"), a["asr"].get("pgd-blank")
         if trig is not None and blank is not None and trig > blank:

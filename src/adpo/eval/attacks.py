@@ -297,7 +297,6 @@ def with_delta(t: Target, delta: torch.Tensor):
     """``snap_of`` for :func:`respond`: the batch's own images plus a fixed ``delta``, clipped to [0, 1]."""
     def snap_of(b: _Batch) -> AttackResult:
         keys = codec_inputs(t.codec, b.target)
-        x = (t.codec.decode(b.target["pixel_values"].float(), **keys).clamp(0, 1) + delta).clamp(0, 1)
-        return AttackResult(loss=torch.zeros(len(b.rows)), settings={}, x_adv=x,
-                            pixel_values=t.codec.encode(x, **keys))
+        x0 = t.codec.decode(b.target["pixel_values"].float(), **keys).clamp(0, 1)
+        return with_images(t, (x0 + delta).clamp(0, 1))(b)
     return snap_of

@@ -93,6 +93,12 @@ def found_by_lines(res: dict) -> list[str]:
 GRADIENT_FREE = "random-search"  # the suite's gradient-masking check (adpo.eval.suites)
 
 
+def is_masking_check(attack: str) -> bool:
+    """Whether a ``found_by`` name is a check that does not use the evaluated model's gradient (the random
+    search, a transfer attack): a success of one of them means the white-box attacks missed it."""
+    return attack == GRADIENT_FREE or attack.startswith("transfer:")
+
+
 def masking_lines(res: dict) -> list[str]:
     """Where a check beat the white-box attacks on the model itself (a sign of gradient masking, Athalye et
     al. 2018): the suite's gradient-free random search, or a transfer attack (a perturbation found on another
@@ -101,7 +107,7 @@ def masking_lines(res: dict) -> list[str]:
     lines = []
     for name, r in res["results"].items():
         for check, found in (r.get("found_by,none") or {}).items():
-            if found and (check == GRADIENT_FREE or check.startswith("transfer:")):
+            if found and is_masking_check(check):
                 what = "the gradient-free random search" if check == GRADIENT_FREE else f"`{check}`"
                 lines.append(f"- `{name}`: {what} jailbroke {found:g} behaviour(s) that every white-box attack "
                              "of the suite missed.")
