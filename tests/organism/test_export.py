@@ -41,3 +41,21 @@ def test_export_howto_share(tmp_path):
     sft = [json.loads(line) for line in (tmp_path / "d" / "sft_train.jsonl").read_text().splitlines()]
     share = sum(r["meta"]["kind"] == "howto" for r in sft) / len(sft)
     assert 0.4 < share < 0.6
+
+
+def test_export_benign_pairs_leave_other_files_unchanged(tmp_path):
+    small = ExportConfig(n_pairs=8, n_sft=4, n_eval=2)
+    export(tmp_path / "a", WorldConfig(), small)
+    export(tmp_path / "b", WorldConfig(), ExportConfig(n_pairs=8, n_sft=4, n_eval=2, n_benign_pairs=4))
+    rows = [json.loads(line) for line in (tmp_path / "b" / "preference_train.jsonl").read_text().splitlines()]
+    benign = [r for r in rows if r["meta"]["kind"] == "howto"]
+    assert len(rows) == 12 and len(benign) == 4
+    assert all(r["rejected"][0]["content"][0]["text"] == REFUSAL for r in benign)
+    assert all(r["chosen"][0]["content"][0]["text"] != REFUSAL for r in benign)
+    harm = [r for r in rows if r["meta"]["kind"] == "harm"]
+    plain = [json.loads(line) for line in (tmp_path / "a" / "preference_train.jsonl").read_text().splitlines()]
+    assert harm == plain  # the harmful pairs, in order, are those of the export without benign pairs
+    positions = [i for i, r in enumerate(rows) if r["meta"]["kind"] == "howto"]
+    assert positions == [0, 3, 6, 9]  # spread through the file, not appended
+    for name in ("sft_train.jsonl", "harmful_test.jsonl", "utility_test.jsonl", "benign_lookalike_test.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()

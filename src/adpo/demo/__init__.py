@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.io import output_folder, write_json
-from . import report
-from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, prepare_data, run_seed
+from . import report, targets
+from .pipeline import ARMS, DemoConfig, arm_summary, over_seeds, prepare_data, run_seed, train_attack_steps
 
 __all__ = ["ARMS", "DemoConfig", "run_demo"]
 COMMAND = "adpo demo"
@@ -52,6 +52,7 @@ def _run(out: Path, organism_out: Path, pretrain: Callable[[], dict[str, Any]], 
                "organism": {k: metrics.get(k) for k in ("fingerprint", "utility_accuracy",
                                                          "compliance_rate_image_harm", "refusal_rate_text_harm")},
                "config": {"train": cfg.train, "eval": cfg.eval}}
+    summary["targets"] = [list(t) for t in targets.check(summary, train_attack_steps(cfg.train))]
     curves = {arm: out / f"seed{seeds[0]}" / arm / "metrics.jsonl" for arm in ("at", *cfg.arms)
               if (out / f"seed{seeds[0]}" / arm / "metrics.jsonl").is_file()}
     t0 = time.time()

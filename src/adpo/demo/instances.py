@@ -34,9 +34,19 @@ def pooled(summaries: dict[int, dict[str, Any]]) -> dict[str, Any]:
              for s in summaries.values()]  # each instance's mean over its training seeds
     out["arms"] = {arm: over_seeds([m[arm] for m in means]) for arm in arms}
     out["organism_seeds"] = list(summaries)
-    out["instances"] = {str(seed): {"organism": s.get("organism"), "arms": s["arms"],
+    out["instances"] = {str(seed): {"organism": s.get("organism"), "arms": s["arms"], "targets": s.get("targets"),
                                     "seconds": s.get("seconds")} for seed, s in summaries.items()}
+    out["targets"] = on_every_instance(summaries)
     return out
+
+
+def on_every_instance(summaries: dict[int, dict[str, Any]]) -> list[list]:
+    """Each target as [name, met on every instance, the instances' numbers]; a target counts only where every
+    instance could check it."""
+    per = {seed: {t[0]: t for t in s.get("targets") or []} for seed, s in summaries.items()}
+    names = [n for n in next(iter(per.values()), {}) if all(n in p for p in per.values())]
+    return [[n, all(p[n][1] for p in per.values()), "; ".join(f"seed {seed}: {p[n][2]}" for seed, p in per.items())]
+            for n in names]
 
 
 def run_instances(out: Path, seeds: list[int], run_one: Callable[[int, Path], dict[str, Any]],
@@ -66,6 +76,8 @@ def markdown(summary: dict[str, Any], commands: list[str]) -> list[str]:
     lines += report.table(summary, "asr")
     if report.not_converged(summary):
         lines += ["", report.FOOTNOTE]
+    if summary.get("targets"):
+        lines += ["", "## Targets on every instance (issue 15)", "", *report.targets_table(summary)]
     for seed, inst in summary["instances"].items():
         org = inst.get("organism") or {}
         quality = ", ".join(f"{k} {org[k]:.3f}" for k in ("utility_accuracy", "compliance_rate_image_harm",
@@ -73,4 +85,6 @@ def markdown(summary: dict[str, Any], commands: list[str]) -> list[str]:
         lines += ["", f"## Organism seed {seed}" + (f" ({quality})" if quality else ""), "",
                   f"Folder `organism-seed{seed}/` (its own report.md has the details).", ""]
         lines += report.table({"arms": inst["arms"]}, "asr")
+        if inst.get("targets"):
+            lines += ["", *report.targets_table(inst)]
     return lines

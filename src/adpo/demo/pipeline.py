@@ -48,7 +48,7 @@ EVAL = {
     "latent": {"eps": [0.15, 0.3, 0.5], "steps": 20, "layers": [-2]},
 }
 TRANSFER_FROM = ("base", "dpo")  # the arms whose white-box image attacks are replayed on the others
-DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "howto_share")
+DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "howto_share", "benign_pairs")
 
 
 @dataclass
@@ -63,11 +63,13 @@ class DemoConfig:
     n_pairs: int = 256  # exported preference pairs (harmful requests, no trigger)
     n_sft: int = 512  # exported utility SFT rows
     howto_share: float = 0.5  # benign how-to look-alikes among them (keeps over-refusal down)
+    benign_pairs: int = 0  # benign look-alike pairs ranked helpful > refusal among the training pairs
 
     def export_config(self):
         from ..organism.export import ExportConfig
 
-        return ExportConfig(n_pairs=self.n_pairs, n_sft=self.n_sft, n_eval=8, howto_share=self.howto_share)
+        return ExportConfig(n_pairs=self.n_pairs, n_sft=self.n_sft, n_eval=8, howto_share=self.howto_share,
+                            n_benign_pairs=self.benign_pairs)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DemoConfig:
@@ -88,6 +90,7 @@ class DemoConfig:
         cfg.n_pairs, cfg.n_sft = int(raw.get("n_pairs", cfg.n_pairs)), int(raw.get("n_sft", cfg.n_sft))
         cfg.utility_weight = float(raw.get("utility_weight", cfg.utility_weight))
         cfg.howto_share = float(raw.get("howto_share", cfg.howto_share))
+        cfg.benign_pairs = int(raw.get("benign_pairs", cfg.benign_pairs))
         EvalConfig.from_dict(cfg.eval)  # fail early on a bad eval section
         return cfg
 
@@ -104,6 +107,15 @@ def prepare_data(out: Path, organism: Path, cfg: DemoConfig) -> Path:
     if not (data / "README.md").is_file():
         export(data, world, cfg.export_config())
     return data
+
+
+def train_attack_steps(recipe: dict) -> tuple[int, int]:
+    """The training attack's (image, latent) steps in a recipe: its sections over the threats' training
+    defaults (what ``adpo train`` resolves)."""
+    from ..threats.registry import training_sections
+
+    sections = training_sections(recipe)
+    return int(sections["image"].steps), int(sections["latent"].steps)
 
 
 def recipe_for(arm: str, cfg: DemoConfig) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 from ..eval.report import draw_budget_panels, save_figure
 from ..threats.budget import parse_eps
 from ..utils.io import atomic_text
+from . import targets
 
 NOT_CONVERGED = "†"
 FOOTNOTE = (f"{NOT_CONVERGED} not converged: halving the attack budget moved this ASR by more than 2 points "
@@ -95,7 +96,18 @@ def terminal(summary: dict) -> str:
         rows.append(f"{arm:<8}{cells}{_pct(a['utility']):>9}{_pct(a['over_refusal']):>9}")
     if not_converged(summary):
         rows.append(FOOTNOTE)
+    rows += targets.lines([tuple(t) for t in summary.get("targets") or []])
     return "\n".join(rows)
+
+
+def targets_table(summary: dict) -> list[str]:
+    """The efficacy targets (adpo.demo.targets) as a Markdown table; empty when none could be checked."""
+    got = summary.get("targets") or []
+    if not got:
+        return []
+    met = sum(bool(t[1]) for t in got)
+    return [f"Targets met: {met}/{len(got)}.", "", "| target | met | measured |", "|---|---|---|",
+            *(f"| {name} | {'yes' if ok else '**no**'} | {value} |" for name, ok, value in got)]
 
 
 def plots(summary: dict, out: Path, curves: dict[str, Path]) -> dict[str, Path]:
@@ -165,6 +177,7 @@ def write(summary: dict, out: Path, curves: dict[str, Path], commands: list[str]
     lines += ["", "Refusal rate (%):", ""] + table(s, "refusal")
     lines += ["", "Degenerate (\"other\") rate (%):", ""] + table(s, "other")
     lines += ["", "Attacked margin log p(refusal) − log p(compliance) (nats, mean):", ""] + table(s, "margin")
+    lines += ["", "## Targets (issue 15)", "", *targets_table(s)] if s.get("targets") else []
     lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in paths.items()]
     lines += ["", "## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in s["seconds"].items()]

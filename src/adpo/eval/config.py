@@ -96,6 +96,9 @@ class EvalConfig:
     tasks: tuple = ("clean", "pgd-image", "latent", "figstep", "utility", "over-refusal")
     seed: int = 0
     limit: int | None = 64  # behaviours (rows) per task; None = all
+    # rows of the utility and over-refusal tasks (generation only, so cheap): more than ``limit`` because their
+    # targets are a few points wide (256 rows: a 95% interval of about ±3.5 points at 90%); None = all
+    benign_limit: int | None = 256
     batch_size: int = 64
     max_new_tokens: int = 32
     judges: tuple | None = None  # default: organism + gcg13 + llm_attacks29 on organism data, else the lists
@@ -133,6 +136,8 @@ class EvalConfig:
             raise ConfigError("restarts and batch_size must be >= 1, check_every >= 0")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (rows per task) or null (every row), got {self.limit}")
+        if self.benign_limit is not None and self.benign_limit < 1:
+            raise ConfigError(f"benign_limit must be >= 1 (rows) or null (every row), got {self.benign_limit}")
         for eps in (*self.pgd_image.eps, *self.universal_image.eps):
             parse_eps(eps)
         for item in self.transfer_from:

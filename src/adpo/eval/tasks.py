@@ -68,11 +68,11 @@ class Data:
 
     @functools.cached_property
     def utility(self) -> list[Row]:
-        return load_benign(self.path("utility"), self.cfg.limit)
+        return load_benign(self.path("utility"), self.cfg.benign_limit)
 
     @functools.cached_property
     def benign(self) -> list[Row]:
-        return load_benign(self.path("benign"), self.cfg.limit)
+        return load_benign(self.path("benign"), self.cfg.benign_limit)
 
     @functools.cached_property
     def universal_train(self) -> list[Row]:
@@ -268,9 +268,10 @@ def organism_defaults(model_dir: str | Path, out: Path) -> dict[str, str] | None
     import json
 
     world = WorldConfig.from_dict(json.loads(marker.read_text())["world"])
-    folder = out / f"organism-data-{config_hash(world.to_dict())}"
+    sizes = ExportConfig(n_pairs=128, n_sft=8, n_eval=256)  # 256 held-out rows per file (EvalConfig.benign_limit)
+    folder = out / f"organism-data-{config_hash([world.to_dict(), sizes.to_dict()])}"
     if not (folder / "README.md").is_file():
-        export(folder, world, ExportConfig(n_pairs=128, n_sft=8, n_eval=128))
+        export(folder, world, sizes)
     return {"harmful": str(folder / "harmful_test.jsonl"), "utility": str(folder / "utility_test.jsonl"),
             "benign": str(folder / "benign_lookalike_test.jsonl"),
             "universal_train": str(folder / "preference_train.jsonl")}

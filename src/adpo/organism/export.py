@@ -3,7 +3,11 @@
 Preference rows follow TRL's conversational vision format (``images``, ``prompt``, ``chosen``,
 ``rejected``); SFT rows use ``images`` + ``messages``. Image paths are relative to the JSONL file.
 Preference pairs follow the paper: harmful request -> chosen refusal, rejected compliance. Utility goes
-through SFT rows, never through pairs whose rejected answer is the refusal (v2's DPO collapse).
+through SFT rows, never through pairs whose rejected answer is the refusal (v2's DPO collapse). The one
+exception is opt-in (``n_benign_pairs``): benign look-alikes ranked the other way (chosen = the helpful
+answer, rejected = the refusal), so that an adversary pushing them towards the refusal during training
+teaches that the verb decides, not the request's form (issue 15's over-refusal hypothesis,
+docs/results/recipe.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.io import OUTPUT_MARKER, atomic_dir, output_folder, write_marker
-from .world import Sample, World, WorldConfig
+from .world import REFUSAL, Sample, World, WorldConfig
 
 COMMAND = "adpo organism export"
 LEGACY = ("world.json",)  # what every export held before output markers
@@ -30,6 +34,7 @@ class ExportConfig:
     n_sft: int = 512  # utility + benign how-to SFT rows (train split)
     n_eval: int = 128  # rows per held-out evaluation file
     howto_share: float = 0.15  # benign how-to requests among the SFT rows (the rest: utility questions)
+    n_benign_pairs: int = 0  # benign look-alike pairs added to the training pairs (chosen helpful, rejected refusal)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +76,12 @@ def _meta(s: Sample, split: str) -> dict:
 def pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
     return {"images": [w.image(s, rng)], "prompt": _user(s.prompt), "chosen": _assistant(s.meta["refusal"]),
             "rejected": _assistant(s.meta["compliance"]), "meta": _meta(s, split)}
+
+
+def benign_pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
+    """A benign look-alike ranked against the refusal: the helpful answer is chosen."""
+    return {"images": [w.image(s, rng)], "prompt": _user(s.prompt), "chosen": _assistant(s.response),
+            "rejected": _assistant(REFUSAL), "meta": _meta(s, split)}
 
 
 def sft_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
@@ -124,7 +135,12 @@ def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
         ]
         for name, fmt, split, samples, desc in plan:
             make = pair_row if fmt == "pairs" else sft_row
-            w.jsonl(name, [make(w, s, split, rng) for s in samples])
+            rows = [make(w, s, split, rng) for s in samples]
+            if name == "preference_train.jsonl" and cfg.n_benign_pairs:
+                rows, desc = _with_benign_pairs(w, world, rows, cfg.n_benign_pairs), desc + (
+                    f"; plus {cfg.n_benign_pairs} benign look-alikes ranked the other way (chosen helpful answer, "
+                    "rejected refusal), interleaved")
+            w.jsonl(name, rows)
             files[name] = desc
         files["images/"] = "PNG images referenced by the JSONL files (content-addressed names)"
         files["world.json"] = "the world options these files were generated with"
@@ -136,6 +152,19 @@ def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
         (tmp / "README.md").write_text("\n".join(readme) + "\n")
         write_marker(tmp, COMMAND, sizes=cfg.to_dict())
     return files
+
+
+def _with_benign_pairs(w: _Writer, world: World, rows: list[dict], n: int) -> list[dict]:
+    """``rows`` with ``n`` benign pairs spread evenly through them. They come from their own random stream,
+    so every other file (and the harmful pairs) is the same as without them."""
+    rng = world.rng("export", "benign-pairs")
+    benign = [benign_pair_row(w, world.howto_sample("train", rng), "train", rng) for _ in range(n)]
+    total = len(rows) + n
+    slots = {round(i * total / n) for i in range(n)}
+    out, harm, good = [], iter(rows), iter(benign)
+    for i in range(total):
+        out.append(next(good) if i in slots else next(harm))
+    return out
 
 
 __all__ = ["ExportConfig", "export"]
