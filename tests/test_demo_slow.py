@@ -10,9 +10,8 @@ from adpo.cli import main
 
 TINY = ["train.train.steps=2", "train.image.steps=1", "train.latent.steps=1", "n_pairs=16", "n_sft=16",
         "eval.limit=4", "eval.pgd_image.steps=2", "eval.pgd_image.blank_steps=2", "eval.latent.steps=2",
-        "eval.check_every=1"]
-SUBTASKS = {"clean", "pgd-blank", "pgd-image@16/255", "pgd-image@32/255", "pgd-image@64/255", "latent@0.15",
-            "latent@0.3", "latent@0.5", "trigger", "figstep"}
+        "eval.check_every=1", "benign_pairs=4"]
+SUBTASKS = {"clean", "pgd-blank", "pgd-image@16/255", "pgd-image@32/255", "latent@0.5", "trigger", "figstep"}
 
 
 @pytest.mark.slow
@@ -28,7 +27,8 @@ def test_demo_end_to_end(tmp_path, capsys):
 
     s = json.loads((tmp_path / "summary.json").read_text())
     assert set(s) >= {"arms", "seconds", "seeds", "machine"} and s["seeds"] == [0]
-    assert set(s["arms"]) == {"base", "sft", "dpo", "ar-dpo", "at-dpo", "adpo"}
+    assert set(s["arms"]) == {"base", "dpo", "adpo"}  # the default arms (DEFAULT_ARMS)
+    assert [t[0] for t in s["targets"]][:2] == ["blank attack: ADPO ≤ 5%", "blank attack: ADPO ≤ DPO / 3"]
     for arm, a in s["arms"].items():
         assert set(a["asr"]) == SUBTASKS, arm
         assert all(v is None or 0 <= v <= 1 for v in a["asr"].values())
