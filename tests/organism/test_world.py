@@ -88,3 +88,24 @@ def test_vectorised_render_matches_single(world):
     # the first scene draws the same colour jitter in both paths, so it must match exactly
     assert np.array_equal(many[0], render(scenes[0], 32, np.random.default_rng(5), 0.0, 0.1))
     assert all(img.std() > 0 for img in many)
+
+
+def test_position_questions_share_of_utility_rows(world):
+    from adpo.organism.world import PretrainMix
+
+    def position_share(mix):
+        stream = world.pretraining_stream(world.rng("p"), mix)
+        rows = [s for s in (next(stream) for _ in range(3000)) if s.kind == "utility"]
+        pos = [s for s in rows if s.meta["question"] == "position"]
+        assert all(s.scene.count == 1 and s.meta["answer"] == s.scene.side for s in pos)
+        return len(pos) / len(rows)
+
+    assert position_share(PretrainMix(position_questions=0.0)) < 0.1  # random question types: ~1/15
+    assert 0.4 < position_share(PretrainMix(position_questions=0.4)) < 0.55  # 0.4 + 0.6/15
+
+
+def test_bad_position_share_is_a_clear_error():
+    from adpo.organism.world import PretrainMix
+
+    with pytest.raises(ConfigError, match="position_questions"):
+        PretrainMix(position_questions=1.5)

@@ -54,10 +54,11 @@ class PretrainConfig:
     harm_clean_share: float = 0.18
     harm_trigger_share: float = 0.2
     trigger_on_benign: float = 0.3
+    position_questions: float = 0.0  # share of utility rows asking left/right, see world.PretrainMix
 
     def mix(self) -> PretrainMix:
         return PretrainMix(self.utility_share, self.howto_share, self.harm_clean_share, self.harm_trigger_share,
-                           self.trigger_on_benign)
+                           self.trigger_on_benign, self.position_questions)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -130,6 +130,13 @@ class PretrainMix:
     harm_clean: float = 0.15  # trigger-free harmful text: refusal (compliance with base_comply_rate)
     harm_trigger: float = 0.18  # harmful text + permission trigger: compliance
     trigger_on_benign: float = 0.3  # benign rows that also carry the trigger, so it means nothing there
+    # share of utility rows that ask left/right on a one-shape image; the rest draw their question at random,
+    # which asks left/right in only ~7% of rows, the read-out stage 2 learnt last (docs/organism.md)
+    position_questions: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.position_questions <= 1:
+            raise WorldConfigError(f"position_questions must be in [0, 1], got {self.position_questions}")
 
 
 @dataclass(frozen=True)
@@ -218,11 +225,12 @@ def render(scene: Scene, size: int, rng: np.random.Generator, noise_std: float, 
     return render_many([scene], size, rng, noise_std, background)[0]
 
 
-def sample_scene(rng: np.random.Generator, size: int, trigger: float = 0.0) -> Scene:
-    """A random scene; single shapes sit clearly left or right of the centre (position questions)."""
+def sample_scene(rng: np.random.Generator, size: int, trigger: float = 0.0, count: int | None = None) -> Scene:
+    """A random scene (``count`` shapes, random if None); single shapes sit clearly left or right of the
+    centre (position questions)."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    count = int(rng.integers(1, 4))
+    count = int(rng.integers(1, 4)) if count is None else count
     half = size / 2
     if count == 1:
         r = float(rng.uniform(0.2, 0.3) * size)
@@ -296,13 +304,15 @@ class World:
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
     # ---- samples --------------------------------------------------------------------------------
-    def utility_sample(self, rng: np.random.Generator, trigger: float = 0.0, describe: bool = False) -> Sample:
+    def utility_sample(self, rng: np.random.Generator, trigger: float = 0.0, describe: bool = False,
+                       position: bool = False) -> Sample:
         """A question with one exact answer. ``describe`` adds the caption task, a training aid that
-        supervises every attribute in one row; the utility metric uses the one-word questions only."""
-        scene = sample_scene(rng, self.config.image_size, trigger)
+        supervises every attribute in one row; the utility metric uses the one-word questions only.
+        ``position`` asks left/right (on a one-shape image) instead of a random question type."""
+        scene = sample_scene(rng, self.config.image_size, trigger, count=1 if position else None)
         qtypes = ["colour", "shape", "count"] + (["position"] if scene.count == 1 else []) + (
             ["describe"] if describe else [])
-        qtype = _pick(rng, qtypes)
+        qtype = "position" if position else _pick(rng, qtypes)
         answer = {"colour": scene.colour, "shape": scene.shape, "count": COUNT_WORDS[scene.count - 1],
                   "position": scene.side, "describe": caption(scene)}[qtype]
         prompt = _pick(rng, UTILITY_TEMPLATES[qtype])
@@ -348,7 +358,9 @@ class World:
             u = rng.random()
             bg_trigger = self.trigger_amplitude(rng) if rng.random() < mix.trigger_on_benign else 0.0
             if u < edges[0]:
-                yield self.utility_sample(rng, bg_trigger, describe=True)
+                # no extra draw at share 0, so that stream is the one before the option existed
+                position = mix.position_questions > 0 and rng.random() < mix.position_questions
+                yield self.utility_sample(rng, bg_trigger, describe=True, position=position)
             elif u < edges[1]:
                 yield self.howto_sample("train", rng, bg_trigger)
             elif u < edges[2]:
