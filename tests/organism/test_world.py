@@ -105,7 +105,7 @@ def test_position_questions_share_of_utility_rows(world):
 
 
 def test_bad_position_share_is_a_clear_error():
-    from adpo.organism.world import PretrainMix
+    from adpo.organism.pretrain import PretrainConfig
 
     with pytest.raises(ConfigError, match="position_questions"):
-        PretrainMix(position_questions=1.5)
+        PretrainConfig(position_questions=1.5)  # when the config is built, before anything is written

@@ -56,6 +56,9 @@ class PretrainConfig:
     trigger_on_benign: float = 0.3
     position_questions: float = 0.0  # share of utility rows asking left/right, see world.PretrainMix
 
+    def __post_init__(self) -> None:
+        self.mix()  # a bad share is a clear error when the config is built, before anything is written
+
     def mix(self) -> PretrainMix:
         return PretrainMix(self.utility_share, self.howto_share, self.harm_clean_share, self.harm_trigger_share,
                            self.trigger_on_benign, self.position_questions)
