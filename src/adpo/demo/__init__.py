@@ -1,4 +1,4 @@
-"""``adpo demo``: pre-train → train the six arms → attack and evaluate them → report (see pipeline.py).
+"""``adpo demo``: pre-train → train the arms → attack and evaluate them → report (see pipeline.py).
 
 The demo folder must be new, empty or an earlier demo's (which it reuses); one process writes it at a
 time, and every stage inside claims its own folder the same way."""

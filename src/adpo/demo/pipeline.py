@@ -1,8 +1,8 @@
 """``adpo demo``: the paper's comparison in miniature, end to end on the organism.
 
-Stages: pre-train the organism (cached by content hash) → export its data → train the arms (SFT, DPO,
-the AT reference, AR-DPO, AT-DPO, ADPO; all with the same data, optimiser steps, batch and attack
-budget, so the threat model and the reference are the only differences) → evaluate every arm (and the
+Stages: pre-train the organism (cached by content hash) → export its data → train the arms (DPO, the AT
+reference and ADPO by default; SFT, AR-DPO and AT-DPO on request; all with the same data, optimiser steps,
+batch and attack budget, so the threat model and the reference are the only differences) → evaluate every arm (and the
 untrained base) with the same attacks → report. ``--seeds N`` repeats training and evaluation over seeds
 (the organism itself is shared). Every stage is cached or resumable: a trained arm whose saved config
 matches is reused, and evaluations resume from their sample files.
