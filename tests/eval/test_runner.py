@@ -28,7 +28,7 @@ HARMFUL_KEYS = {"target", "margin", "attack_loss", "success_step", "restart", "n
 
 
 def config(export_dir, **over) -> EvalConfig:
-    raw = {"tasks": list(TASKS), "limit": 4, "batch_size": 4, "max_new_tokens": 6, "check_every": 2,
+    raw = {"tasks": list(TASKS), "limit": 4, "benign_limit": 4, "batch_size": 4, "max_new_tokens": 6, "check_every": 2,
            "judges": ["organism", "gcg13", "llm_attacks29", "llm"],
            "data": {"harmful": str(export_dir / "harmful_test.jsonl"),
                     "utility": str(export_dir / "utility_test.jsonl"),
