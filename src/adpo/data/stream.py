@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .collate import collate, collate_pairs
+from .collate import collate_pair_rows, collate_rows
 from .formats import PairRow, SFTRow, open_image
 
 IMAGE_CACHE_ROWS = 4096
@@ -57,13 +57,14 @@ class BatchStream:
 
     def batch(self, m: int) -> dict[str, torch.Tensor]:
         idx = self.indices(m)
+        return self._collate(idx)
+
+    def _collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.rows[i] for i in idx]
-        kw = dict(max_length=self.max_length, formatted=[r.formatted for r in rows], sources=[r.source for r in rows])
         images = [self._image(i) for i in idx]
         if isinstance(rows[0], PairRow):
-            return collate_pairs(self.processor, images, [r.prompt for r in rows], [r.chosen for r in rows],
-                                 [r.rejected for r in rows], **kw)
-        return collate(self.processor, images, [r.prompt for r in rows], [r.response for r in rows], **kw)
+            return collate_pair_rows(self.processor, images, rows, self.max_length)
+        return collate_rows(self.processor, images, rows, self.max_length)
 
     def epochs(self, micro_batches: int) -> float:
         """Passes over the rows after ``micro_batches`` global micro-batches."""
