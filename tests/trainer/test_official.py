@@ -14,7 +14,7 @@ from adpo.trainer.config import RunConfig
 from adpo.utils.config import ConfigError, apply_overrides, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SLICE = Path("/work/shared/data/official-adpo-slice")  # ../shared/data/official-adpo-slice (its README)
+SLICE = ROOT.parent / "shared" / "data" / "official-adpo-slice"  # beside the checkout (its README there)
 OFFICIAL_AT = ["train.epochs=2", "train.batch_size=4"]  # the AT command in configs/llava-1.5-7b.yaml's header
 
 
