@@ -142,13 +142,14 @@ ERRORS = {  # second row is bad: (row, kind, what the message must contain)
     "missing_image": (SPA | {"image": "nope.png"}, "pairs", ["field 'image'", "nope.png", "not found"]),
     "two_images": ({"images": ["img.png", "img.png"], "prompt": "p", "chosen": "c", "rejected": "r"}, "pairs",
                    ["field 'images'", "exactly one image", "got 2"]),
-    "no_image": ({k: v for k, v in SPA.items() if k != "image"}, "pairs", ["field 'image'", "missing"]),
     "empty_chosen": (SPA | {"chosen": "  "}, "pairs", ["field 'chosen'", "non-empty string"]),
     "unknown_pair_layout": ({"image": "img.png", "foo": 1}, "pairs", ["unknown preference layout", "'foo'"]),
     "unknown_sft_layout": ({"image": "img.png", "foo": 1}, "sft", ["unknown SFT layout"]),
-    "multi_turn": (MULTI_TURN, "pairs", ["field 'conversations'", "multi-turn"]),
-    "multi_turn_prompt": ({"images": ["img.png"], "prompt": _user("Q?") + _bot("A.") + _user("more?"),
-                           "chosen": "c", "rejected": "r"}, "pairs", ["field 'prompt'", "multi-turn"]),
+    "pair_ends_with_answer": (MULTI_TURN | {"conversations": MULTI_TURN["conversations"][:2]}, "pairs",
+                              ["field 'conversations'", "ending with user", "['user', 'assistant']"]),
+    "sft_two_users": ({"images": ["img.png"], "conversations": [{"from": "human", "value": "a"},
+                                                                {"from": "human", "value": "b"}]}, "sft",
+                      ["field 'conversations'", "alternating"]),
     "bad_safer_id": ({"question": "Q?", "image": "img.png", "response_1": "a", "response_2": "b",
                       "safer_response_id": 3}, "pairs", ["field 'safer_response_id'", "3"]),
     "rlhf_v_bad_text": ({"image": "img.png", "text": "{not json"}, "pairs", ["field 'text'", "not a JSON"]),
@@ -213,3 +214,54 @@ def test_image_size_gives_qwen_one_patch_grid_per_batch():
     out = processor.image_processor(fitted, return_tensors="pt")
     assert all(im.size == (32, 32) for im in fitted)
     assert codec_for(processor).decode(out["pixel_values"], out["image_grid_thw"]).shape == (2, 3, 32, 32)
+
+
+def test_multi_turn_rows_keep_their_history(tmp_path):
+    """Multi-turn sharegpt: a pair ranks the last turn with the history in its prompt; an SFT row keeps every
+    turn (all trained, data/collate); a TRL conversational prompt may be multi-turn too."""
+    _png(tmp_path / "img.png")
+    (pair,) = load_rows(_write(tmp_path / "p.jsonl", [MULTI_TURN]), "pairs")
+    assert (pair.history, pair.prompt, pair.chosen) == ((("Q?", "A."),), "more?", "good")
+    trl = {"images": ["img.png"], "prompt": _user("Q?") + _bot("A.") + _user("more?"), "chosen": "c", "rejected": "r"}
+    (pair,) = load_rows(_write(tmp_path / "t.jsonl", [trl]), "pairs")
+    assert (pair.history, pair.prompt) == ((("Q?", "A."),), "more?")
+    conv = [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "A1"},
+            {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]
+    (sft,) = load_rows(_write(tmp_path / "s.jsonl", [{"images": ["img.png"], "conversations": conv}]), "sft")
+    assert (sft.history, sft.prompt, sft.response) == ((("Q1", "A1"),), "Q2", "A2")
+
+
+def test_text_only_rows_get_a_blank_image_and_are_counted(tmp_path):
+    from adpo.data.formats import BLANK
+
+    _png(tmp_path / "img.png")
+    text_only = {k: v for k, v in SPA.items() if k != "image"}
+    lines: list[str] = []
+    rows = load_rows(_write(tmp_path / "d.jsonl", [SPA, text_only, text_only | {"images": []}]), "pairs",
+                     log=lines.append)
+    assert [r.image is BLANK for r in rows] == [False, True, True]
+    assert "2 of 3 rows" in lines[0] and "blank" in lines[0]
+    assert open_image(BLANK).getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_dataset_info_folder_by_name(tmp_path):
+    """``DIR:name`` reads LLaMA-Factory's dataset_info.json: file, columns, tags, ranking, alpaca too."""
+    _png(tmp_path / "img.png")
+    info = {"mine": {"file_name": "m.json", "formatting": "sharegpt", "ranking": True,
+                     "columns": {"messages": "turns", "chosen": "good", "rejected": "bad", "images": "pics"},
+                     "tags": {"role_tag": "r", "content_tag": "c", "user_tag": "u", "assistant_tag": "a"}},
+            "alp": {"file_name": "a.json", "columns": {"prompt": "instruction", "response": "output",
+                                                       "history": "history", "images": "images"}}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    _write(tmp_path / "m.json", [{"turns": [{"r": "u", "c": "<image>Q?"}], "good": {"r": "a", "c": "no"},
+                                  "bad": {"r": "a", "c": "yes"}, "pics": ["img.png"]}])
+    _write(tmp_path / "a.json", [{"instruction": "Q2", "output": "A2", "history": [["Q1", "A1"]],
+                                  "images": ["img.png"]}])
+    (pair,) = load_rows(f"{tmp_path}:mine", "pairs")
+    assert (pair.prompt, pair.chosen, pair.rejected, pair.image) == ("Q?", "no", "yes", tmp_path / "img.png")
+    (sft,) = load_rows(f"{tmp_path}:alp", "sft")
+    assert (sft.history, sft.prompt, sft.response) == ((("Q1", "A1"),), "Q2", "A2")
+    with pytest.raises(DataError, match="no dataset named 'nope'"):
+        load_rows(f"{tmp_path}:nope", "pairs")
+    with pytest.raises(DataError, match="ranking"):
+        load_rows(f"{tmp_path}:mine", "sft")

@@ -1,9 +1,15 @@
 """Turn (image, prompt, response) rows into model tensors through the model's own processor.
 
-Prompt and response are tokenised separately and concatenated (as TRL does), so the prompt tokens seen
-in training are exactly the ones generation starts from. The response's wrapping (a leading space, the
-end-of-turn token) comes from the processor's chat template, so LLaVA's ``ASSISTANT: …</s>`` and Qwen's
-``<|im_start|>assistant\\n…<|im_end|>`` both come out right. Labels are -100 outside the response.
+The text is the processor's chat template rendered over the conversation (or a named LLaMA-Factory
+template installed on the processor: :mod:`adpo.data.templates`). The prompt is tokenised by the processor
+(image tokens expanded), so the prompt tokens seen in training are exactly the ones generation starts from.
+Each answer is tokenised *with the text before it* and cut at the prompt's end: its ids are those of the
+joined text (:func:`joined_ids`). Tokenising the answer alone differs with a SentencePiece Llama tokenizer,
+whose dummy prefix makes the answer's leading space a token of its own that the model never produces
+after ``ASSISTANT:``. The answer's wrapping (the leading space, the end-of-turn token) comes from the chat
+template, so LLaVA's ``ASSISTANT: …</s>`` and Qwen's ``<|im_start|>assistant\\n…<|im_end|>`` both come
+out right. Labels are -100 outside the answers; a multi-turn SFT row trains every assistant turn
+(LLaMA-Factory's multi-turn SFT), the user turns between them are context.
 
 Pair batches put chosen rows first and rejected rows second, ``(2B, T)`` with one shared width, so a
 single forward scores both; the image tensors stay at ``B`` (one image per pair, shared by both answers,
@@ -24,13 +30,91 @@ TEXT_KEYS = ("input_ids", "attention_mask", "labels", "prompt_mask")
 SENTINEL = "\x00RESPONSE\x00"
 
 
-def user_prompt(processor, text: str) -> str:
-    """The chat-formatted user turn with one image and the generation prompt, via the processor's template."""
-    return processor.apply_chat_template(_user(text), add_generation_prompt=True, tokenize=False)
+def user_prompt(processor, text: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The chat-formatted conversation up to the user turn ``text`` (one image, in the first user turn) and
+    the generation prompt, via the processor's template; ``history``: earlier (user, assistant) turns."""
+    return processor.apply_chat_template(_conversation(history, text), add_generation_prompt=True, tokenize=False)
 
 
-def _user(text: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+def _user(text: str, image: bool = True) -> list[dict]:
+    parts = [{"type": "image"}] if image else []
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def _conversation(history: Sequence[tuple[str, str]], text: str) -> list[dict]:
+    msgs: list[dict] = []
+    for k, (u, a) in enumerate(history):
+        msgs += _user(u, image=k == 0) + _assistant(a)
+    return msgs + _user(text, image=not history)
+
+
+def prompt_text(processor, row: PairRow | SFTRow) -> str:
+    """The text the processor encodes for a row's prompt: a pair's whole history up to its last user turn; an
+    SFT row's first user turn (its later turns are part of the trained continuation, :func:`row_pieces`)."""
+    if row.formatted:
+        return row.prompt
+    if isinstance(row, SFTRow) and row.history:
+        return user_prompt(processor, row.history[0][0])
+    return user_prompt(processor, row.prompt, row.history)
+
+
+def answer_text(processor, answer: str) -> str:
+    """An answer as the chat template wraps it, ending with the end-of-sequence token (appended when the
+    template closes a turn without it: llava-hf's ends with a space, so the model learns to stop)."""
+    tok = getattr(processor, "tokenizer", processor)
+    before, after = _response_wrap(processor)
+    eos = tok.eos_token or ""
+    return before + answer + after + ("" if not eos or eos in after else eos)
+
+
+def row_pieces(processor, row: PairRow | SFTRow, answer: str | None = None) -> list[tuple[str, bool]]:
+    """The text after :func:`prompt_text` as (text, trained) pieces. A pair (``answer``: its chosen or rejected
+    text) has one trained piece; a multi-turn SFT row alternates trained answers and untrained user turns,
+    each user turn cut from the template's rendering of the conversation so far."""
+    if isinstance(row, PairRow) or row.formatted or not row.history:
+        return [(answer_text(processor, row.response if answer is None else answer), True)]
+    before, after = _response_wrap(processor)
+    turns = [*row.history, (row.prompt, row.response)]
+    rendered = user_prompt(processor, turns[0][0])
+    pieces: list[tuple[str, bool]] = []
+    for k, (u, a) in enumerate(turns):
+        if k:
+            nxt = user_prompt(processor, u, turns[:k])
+            if not nxt.startswith(rendered):
+                raise DataError(f"{row.source}: the chat template does not render turn {k + 1} as a continuation "
+                                "of the earlier turns; multi-turn SFT needs a template that does")
+            pieces.append((nxt[len(rendered):], False))
+            rendered = nxt
+        pieces.append((answer_text(processor, a), True))
+        rendered += before + a + after
+    return pieces
+
+
+def joined_ids(tok, prefix: str, pieces: Sequence[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """(ids, labels) of ``pieces`` tokenised *after* ``prefix``: each piece's ids are those of the joined text
+    ``prefix + pieces[:i+1]`` past the ids of ``prefix + pieces[:i]``, so an answer starts with the token the
+    model produces after the prompt. Where a piece merges with the text before it (the earlier ids are no
+    prefix of the joined ones) the piece is tokenised alone. Labels: the ids on trained pieces, else -100."""
+    ids: list[int] = []
+    labels: list[int] = []
+    text = prefix
+    done = tok(text, add_special_tokens=False)["input_ids"]
+    for piece, trained in pieces:
+        text += piece
+        full = tok(text, add_special_tokens=False)["input_ids"]
+        new = full[len(done):] if full[: len(done)] == done else tok(piece, add_special_tokens=False)["input_ids"]
+        done = full
+        ids += new
+        labels += new if trained else [IGNORE] * len(new)
+    eos = tok.eos_token_id
+    if eos is not None and pieces and pieces[-1][1] and (not ids or ids[-1] != eos):
+        ids.append(eos)
+        labels.append(eos)
+    return ids, labels
 
 
 def encode_prompts(processor, images: Sequence[Any], prompts: Sequence[str],
@@ -43,8 +127,12 @@ def encode_prompts(processor, images: Sequence[Any], prompts: Sequence[str],
     already chat-formatted (TRL's standard form).
     """
     formatted = formatted or [False] * len(prompts)
-    texts = [p if f else user_prompt(processor, p) for p, f in zip(prompts, formatted)]
-    enc = processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+    return encode_texts(processor, images, [p if f else user_prompt(processor, p) for p, f in zip(prompts, formatted)])
+
+
+def encode_texts(processor, images: Sequence[Any], texts: Sequence[str]) -> dict[str, Any]:
+    """:func:`encode_prompts` of already chat-formatted prompt texts."""
+    enc = processor(images=list(images), text=list(texts), padding=True, return_tensors="pt")
     keep = [m.bool() for m in enc["attention_mask"]]
     shape = enc["input_ids"].shape
     per_token = {k: _unpad(v, keep) for k, v in enc.items()
@@ -100,8 +188,12 @@ def encode_responses(processor, responses: Sequence[str]) -> list[list[int]]:
 
 def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_id: int,
              max_length: int | None = None, sources: Sequence[str] | None = None,
-             token_extras: dict[str, Sequence[Sequence[int]]] | None = None) -> dict[str, torch.Tensor]:
+             token_extras: dict[str, Sequence[Sequence[int]]] | None = None,
+             response_labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels / prompt_mask for prompt+response rows.
+
+    ``response_labels`` (default: the response ids) label the response positions; -100 marks context inside
+    the response (the user turns between the answers of a multi-turn SFT row).
 
     ``token_extras`` (e.g. Qwen's ``mm_token_type_ids``) hold per-prompt-token values; the response and
     padding positions get 0 (plain text).
@@ -110,25 +202,27 @@ def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequenc
     cutting a prompt could cut image tokens and silently misalign the image features.
     """
     rows = []
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+    labelled = response_labels or response_ids
+    for i, (p, r, lab) in enumerate(zip(prompt_ids, response_ids, labelled)):
+        r, lab = list(r), list(lab)
         if max_length is not None:
             if len(p) >= max_length:
                 where = sources[i] if sources else f"row {i}"
                 raise DataError(f"{where}: prompt has {len(p)} tokens (image tokens included), "
                                  f"more than max_length={max_length}; raise max_length")
-            r = list(r)[: max_length - len(p)]
-        rows.append((list(p), list(r)))
-    width = max(len(p) + len(r) for p, r in rows)
+            r, lab = r[: max_length - len(p)], lab[: max_length - len(p)]
+        rows.append((list(p), r, lab))
+    width = max(len(p) + len(r) for p, r, _ in rows)
     n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     labels = torch.full((n, width), IGNORE, dtype=torch.long)
     attention = torch.zeros((n, width), dtype=torch.long)
     prompt_mask = torch.zeros((n, width), dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
+    for i, (p, r, lab) in enumerate(rows):
         seq = p + r
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
-        labels[i, len(p): len(seq)] = torch.tensor(r)
+        labels[i, len(p): len(seq)] = torch.tensor(lab, dtype=torch.long)
         prompt_mask[i, : len(p)] = True
     out = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "prompt_mask": prompt_mask}
     for key, values in (token_extras or {}).items():
@@ -141,22 +235,46 @@ def pad_rows(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequenc
 def collate(processor, images: Sequence[Any], prompts: Sequence[str], responses: Sequence[str],
             max_length: int | None = None, formatted: Sequence[bool] | None = None,
             sources: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """One SFT batch: padded ids, labels on the response, and the image tensors."""
-    enc = encode_prompts(processor, images, prompts, formatted)
-    out = pad_rows(enc.pop("input_ids"), encode_responses(processor, responses),
-                   processor.tokenizer.pad_token_id, max_length, sources, enc.pop("token_extras"))
+    """One SFT batch of single-turn rows given as lists (:func:`collate_rows` takes rows)."""
+    formatted = formatted or [False] * len(prompts)
+    sources = sources or [f"row {i}" for i in range(len(prompts))]
+    return collate_rows(processor, images, [SFTRow(None, p, r, s, f) for p, r, s, f in
+                                            zip(prompts, responses, sources, formatted)], max_length)
+
+
+def collate_rows(processor, images: Sequence[Any], rows: Sequence[SFTRow],
+                 max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """One SFT batch: padded ids, labels on every answer, and the image tensors."""
+    texts = [prompt_text(processor, r) for r in rows]
+    enc = encode_texts(processor, images, texts)
+    tok = processor.tokenizer
+    answers = [joined_ids(tok, t, row_pieces(processor, r)) for t, r in zip(texts, rows)]
+    out = pad_rows(enc.pop("input_ids"), [a for a, _ in answers], tok.pad_token_id, max_length,
+                   [r.source for r in rows], enc.pop("token_extras"), [lab for _, lab in answers])
     return {**out, **enc}
 
 
 def collate_pairs(processor, images: Sequence[Any], prompts: Sequence[str], chosen: Sequence[str],
                   rejected: Sequence[str], max_length: int | None = None, formatted: Sequence[bool] | None = None,
                   sources: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """One preference batch of single-turn pairs given as lists (:func:`collate_pair_rows` takes rows)."""
+    formatted = formatted or [False] * len(prompts)
+    sources = sources or [f"row {i}" for i in range(len(prompts))]
+    return collate_pair_rows(processor, images, [PairRow(None, p, c, r, s, f) for p, c, r, s, f in
+                                                 zip(prompts, chosen, rejected, sources, formatted)], max_length)
+
+
+def collate_pair_rows(processor, images: Sequence[Any], rows: Sequence[PairRow],
+                      max_length: int | None = None) -> dict[str, torch.Tensor]:
     """One preference batch: ``(2B, T)`` text rows [chosen; rejected] and the ``B`` images once."""
-    enc = encode_prompts(processor, images, prompts, formatted)
+    texts = [prompt_text(processor, r) for r in rows]
+    enc = encode_texts(processor, images, texts)
     ids = enc.pop("input_ids")
     extras = {k: v + v for k, v in enc.pop("token_extras").items()}
-    out = pad_rows(ids + ids, encode_responses(processor, list(chosen) + list(rejected)),
-                   processor.tokenizer.pad_token_id, max_length, list(sources or []) * 2 or None, extras)
+    tok = processor.tokenizer
+    answers = [joined_ids(tok, t, row_pieces(processor, r, getattr(r, f)))[0]
+               for f in ("chosen", "rejected") for t, r in zip(texts, rows)]
+    out = pad_rows(ids + ids, answers, tok.pad_token_id, max_length, [r.source for r in rows] * 2, extras)
     return {**out, **enc}
 
 
@@ -167,7 +285,7 @@ def prompt_lengths(processor, rows: Sequence[PairRow] | Sequence[SFTRow], image_
     from PIL import Image
 
     tok = processor.tokenizer
-    texts = [r.prompt if r.formatted else user_prompt(processor, r.prompt) for r in rows]
+    texts = [prompt_text(processor, r) for r in rows]
     text_len = [len(x) for x in tok(texts)["input_ids"]]
     dims = [image_dims(r.image, image_size) for r in rows]
     reference = user_prompt(processor, "x")
@@ -176,8 +294,7 @@ def prompt_lengths(processor, rows: Sequence[PairRow] | Sequence[SFTRow], image_
              for d in set(dims)}
     lengths = [n + extra[d] for n, d in zip(text_len, dims)]
     first = rows[0]
-    exact = len(encode_prompts(processor, [Image.new("RGB", dims[0])], [first.prompt], [first.formatted])
-                ["input_ids"][0])
+    exact = len(encode_texts(processor, [Image.new("RGB", dims[0])], texts[:1])["input_ids"][0])
     if exact != lengths[0]:
         raise RuntimeError(f"{type(processor).__name__}: counting image tokens apart from the text gives {lengths[0]} "
                            f"tokens for {first.source}, the processor {exact}; the length check cannot be trusted")
@@ -204,8 +321,10 @@ def check_lengths(processor, rows: Sequence[PairRow] | Sequence[SFTRow], context
     if max_length is not None or context is None:
         return  # answers are cut to fit max_length (pad_rows)
     fields = ("chosen", "rejected") if isinstance(rows[0], PairRow) else ("response",)
+    tok = processor.tokenizer
     for f in fields:
-        answers = encode_responses(processor, [getattr(r, f) for r in rows])
+        answers = [joined_ids(tok, prompt_text(processor, r), row_pieces(processor, r, getattr(r, f)))[0]
+                   for r in rows]
         for r, n, a in zip(rows, lengths, answers):
             if n + len(a) > context:
                 raise DataError(f"{r.source}: field '{f}': prompt and answer have {n + len(a)} tokens, more than the "

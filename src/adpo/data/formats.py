@@ -6,10 +6,19 @@ Supported layouts (detected per row from its keys, so one loader reads them all)
   prompt already formatted, image token included) or conversational message lists; SFT ``messages`` or
   ``prompt`` + ``completion``;
 * LLaMA-Factory sharegpt (the official ADPO data): ``conversations`` [{from, value}] with ``<image>`` in
-  the human turn, ``chosen``/``rejected`` {from, value} for ranking data, ``images``;
+  the human turn, ``chosen``/``rejected`` {from, value} for ranking data, ``images``; and a LLaMA-Factory
+  data folder by name, ``DIR:name``, read through its ``dataset_info.json`` (file, formatting, columns, tags:
+  :func:`dataset_info_records`);
 * SPA-VL / RLAIF-V (``image, question, chosen, rejected``), RLHF-V (``image, text`` = JSON with
   ``question, chosen, rejected``), BeaverTails-V (``question, image, response_1, response_2,
   safer_response_id``), VLGuard (``image, safe, instr-resp``: SFT rows).
+
+Multi-turn rows keep their earlier turns as ``history`` ((user, assistant) pairs before the last user turn):
+an SFT row trains every assistant turn (LLaMA-Factory's multi-turn SFT), a preference row ranks the answers
+to its last turn with the history in the prompt. A row without an image (LLaMA-Factory's text-only rows)
+gets a blank mid-grey image (:data:`BLANK`), as HarmBench's text behaviours are attacked on a blank image,
+and the count is printed when the file is read. The image goes before the first user turn's text, where
+LLaVA's data puts ``<image>`` (the placeholder is removed from the text wherever it stood).
 
 Every problem is reported as ``file: row N: field 'f': what is wrong`` before training starts: images
 are opened and fully decoded when the rows are loaded (a truncated file, bytes that are no image, a mode
@@ -48,16 +57,20 @@ class PairRow:
     source: str  # "file: row N", for error messages downstream
     formatted: bool = False
     meta: dict = dataclasses.field(default_factory=dict, compare=False)  # behaviour id, category, … (evaluation)
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns, in the prompt
 
 
 @dataclass(frozen=True)
 class SFTRow:
+    """One SFT conversation: ``history`` turns, then ``prompt`` → ``response``; every answer is trained."""
+
     image: Any
     prompt: str
     response: str
     source: str
     formatted: bool = False
     meta: dict = dataclasses.field(default_factory=dict, compare=False)
+    history: tuple[tuple[str, str], ...] = ()
 
 
 # ---- reading files ---------------------------------------------------------------------------------
@@ -107,21 +120,126 @@ def read_records(source: str | Path, split: str = "train", name: str | None = No
 
 
 def load_rows(source: str | Path, kind: Kind, split: str = "train", name: str | None = None,
-              image_root: str | Path | None = None) -> list[PairRow] | list[SFTRow]:
+              image_root: str | Path | None = None, log=print) -> list[PairRow] | list[SFTRow]:
     """All rows of ``source`` as :class:`PairRow` (``kind="pairs"``) or :class:`SFTRow`, validated.
 
+    ``source`` may be ``DIR:name``, a dataset of a LLaMA-Factory data folder (:func:`dataset_info_records`).
     Relative image paths are resolved against ``image_root`` (default: the file's folder).
     """
-    root = Path(image_root) if image_root else (Path(source).parent if Path(source).exists() else None)
+    info = split_dataset_info(source)
+    if info is not None:
+        records = dataset_info_records(*info, kind)
+        root = Path(image_root) if image_root else info[0]
+    else:
+        records = read_records(source, split, name)
+        root = Path(image_root) if image_root else (Path(source).parent if Path(source).exists() else None)
     rows: list = []
-    for where, rec in read_records(source, split, name):
+    for where, rec in records:
         if not isinstance(rec, dict):
             raise DataError(f"{where}: a row must be a JSON object, got {type(rec).__name__}")
         made = pair_rows(rec, where, root) if kind == "pairs" else sft_rows(rec, where, root)
         rows.extend(dataclasses.replace(r, meta=row_meta(rec)) for r in made)
     if not rows:
         raise DataError(f"{source}: no {kind} rows")
+    blank = sum(r.image is BLANK for r in rows)
+    if blank:
+        log(f"note: {blank} of {len(rows)} rows of {source} have no image; they get a blank mid-grey "
+            f"{BLANK_SIZE}x{BLANK_SIZE} image (docs/training.md, 'Data')")
     return rows
+
+
+# ---- LLaMA-Factory data folders (dataset_info.json) ------------------------------------------------
+
+DATASET_INFO = "dataset_info.json"
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "system_tag": "system"}  # LLaMA-Factory's defaults (data/README.md there)
+
+
+def split_dataset_info(source: str | Path) -> tuple[Path, str] | None:
+    """(folder, name) for ``DIR:name`` where ``DIR/dataset_info.json`` exists, else None."""
+    folder, sep, name = str(source).rpartition(":")
+    if not sep or not name or not folder or not (Path(folder) / DATASET_INFO).is_file():
+        return None
+    return Path(folder), name
+
+
+def dataset_info_records(folder: Path, name: str, kind: Kind) -> Iterator[tuple[str, dict]]:
+    """The records of dataset ``name`` of a LLaMA-Factory data folder, in this module's sharegpt layout.
+
+    ``dataset_info.json``'s ``file_name``, ``formatting`` (sharegpt | alpaca), ``ranking``, ``columns``
+    and ``tags`` are honoured as LLaMA-Factory reads them; a ranking dataset gives pairs, another SFT rows.
+    """
+    where = folder / DATASET_INFO
+    try:
+        info = json.loads(where.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    entry = info.get(name) if isinstance(info, dict) else None
+    if not isinstance(entry, dict):
+        known = sorted(info) if isinstance(info, dict) else []
+        raise DataError(f"{where}: no dataset named {name!r}; known: {known}")
+    if "file_name" not in entry:
+        raise DataError(f"{where}: dataset {name!r}: only local 'file_name' entries are supported "
+                        f"(got keys {sorted(entry)})")
+    ranking = bool(entry.get("ranking", False))
+    if ranking != (kind == "pairs"):
+        want = "preference pairs (ranking: true)" if kind == "pairs" else "SFT rows (no ranking)"
+        raise DataError(f"{where}: dataset {name!r}: expected {want} here, got ranking: {ranking}")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in ("sharegpt", "alpaca"):
+        raise DataError(f"{where}: dataset {name!r}: formatting {formatting!r} is not supported (sharegpt, alpaca)")
+    columns = dict(entry.get("columns") or {})
+    tags = {**SHAREGPT_TAGS, **(entry.get("tags") or {})}
+    convert = _from_sharegpt if formatting == "sharegpt" else _from_alpaca
+    for at, rec in read_records(folder / entry["file_name"]):
+        yield at, (convert(rec, columns, tags, ranking, at) if isinstance(rec, dict) else rec)
+
+
+def _from_sharegpt(rec: dict, columns: dict, tags: dict, ranking: bool, where: str) -> dict:
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
+
+    def message(m: Any, field: str) -> Any:
+        if not isinstance(m, dict):
+            return m
+        role = m.get(tags["role_tag"])
+        if role not in roles:
+            raise DataError(f"{where}: field '{field}': unknown role {role!r} (tags: {sorted(roles)})")
+        return {"role": roles[role], "content": m.get(tags["content_tag"])}
+
+    col = columns.get("messages", "conversations")
+    if col not in rec:
+        raise DataError(f"{where}: field '{col}': missing (dataset_info columns.messages)")
+    msgs = rec[col]
+    out: dict[str, Any] = {"conversations": [message(m, col) for m in msgs] if isinstance(msgs, list) else msgs}
+    system = rec.get(columns.get("system", "system"))
+    if isinstance(system, str) and system and isinstance(msgs, list):
+        out["conversations"] = [{"role": "system", "content": system}, *out["conversations"]]
+    if ranking:
+        for f in ("chosen", "rejected"):
+            c = columns.get(f, f)
+            out[f] = message(rec.get(c), c)
+    out["images"] = rec.get(columns.get("images", "images"))
+    return out
+
+
+def _from_alpaca(rec: dict, columns: dict, tags: dict, ranking: bool, where: str) -> dict:
+    def get(key: str, default: Any = None) -> Any:
+        return rec.get(columns.get(key, {"prompt": "instruction", "query": "input", "response": "output"}
+                                   .get(key, key)), default)
+
+    msgs: list[dict] = []
+    for j, turn in enumerate(get("history") or []):
+        if not (isinstance(turn, list) and len(turn) == 2):
+            raise DataError(f"{where}: field 'history[{j}]': expected [instruction, response]")
+        msgs += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    prompt = "\n".join(p for p in (get("prompt"), get("query")) if isinstance(p, str) and p)
+    msgs.append({"role": "user", "content": prompt})
+    out: dict[str, Any] = {"conversations": msgs, "images": get("images")}
+    if ranking:
+        out.update(chosen=get("chosen"), rejected=get("rejected"))
+    else:
+        msgs.append({"role": "assistant", "content": get("response")})
+    return out
 
 
 META_KEYS = ("behavior_id", "BehaviorID", "category", "category_name", "id", "index")
@@ -139,13 +257,13 @@ def row_meta(rec: dict) -> dict:
 def pair_rows(rec: dict, where: str, root: Path | None = None) -> list[PairRow]:
     keys = set(rec)
     if "conversations" in keys:
-        prompt, _ = _sharegpt(rec, where, need_answer=False)
+        history, prompt, _ = _sharegpt(rec, where, need_answer=False)
         chosen, rejected = (_sharegpt_answer(rec, f, where) for f in ("chosen", "rejected"))
-        return [PairRow(_image(rec, where, root), prompt, chosen, rejected, where)]
+        return [PairRow(_image(rec, where, root), prompt, chosen, rejected, where, history=history)]
     if {"prompt", "chosen", "rejected"} <= keys:
-        prompt, formatted = _prompt(rec["prompt"], where, "prompt")
+        history, prompt, formatted = _prompt(rec["prompt"], where, "prompt")
         return [PairRow(_image(rec, where, root), prompt, _answer(rec["chosen"], where, "chosen"),
-                        _answer(rec["rejected"], where, "rejected"), where, formatted)]
+                        _answer(rec["rejected"], where, "rejected"), where, formatted, history=history)]
     if {"question", "chosen", "rejected"} <= keys:  # SPA-VL, RLAIF-V
         return [PairRow(_image(rec, where, root), _text(rec["question"], where, "question"),
                         _text(rec["chosen"], where, "chosen"), _text(rec["rejected"], where, "rejected"), where)]
@@ -175,12 +293,13 @@ def sft_rows(rec: dict, where: str, root: Path | None = None) -> list[SFTRow]:
     keys = set(rec)
     if "messages" in keys or "conversations" in keys:
         field = "messages" if "messages" in keys else "conversations"
-        prompt, answer = _sharegpt({**rec, "conversations": rec[field]}, where, need_answer=True, field=field)
-        return [SFTRow(_image(rec, where, root), prompt, answer, where)]
+        history, prompt, answer = _sharegpt({**rec, "conversations": rec[field]}, where, need_answer=True,
+                                            field=field)
+        return [SFTRow(_image(rec, where, root), prompt, answer, where, history=history)]
     if {"prompt", "completion"} <= keys:
-        prompt, formatted = _prompt(rec["prompt"], where, "prompt")
+        history, prompt, formatted = _prompt(rec["prompt"], where, "prompt")
         return [SFTRow(_image(rec, where, root), prompt, _answer(rec["completion"], where, "completion"), where,
-                       formatted)]
+                       formatted, history=history)]
     if "instr-resp" in keys:  # VLGuard
         items = rec["instr-resp"]
         if not isinstance(items, list) or not items:
@@ -232,16 +351,15 @@ def _messages(value: Any, where: str, field: str) -> list[tuple[str, str]]:
     return out
 
 
-def _prompt(value: Any, where: str, field: str) -> tuple[str, bool]:
-    """(text, formatted): a plain-string prompt is TRL's standard form, already chat-formatted."""
+def _prompt(value: Any, where: str, field: str) -> tuple[tuple[tuple[str, str], ...], str, bool]:
+    """(history, text, formatted): a plain-string prompt is TRL's standard form, already chat-formatted; a
+    message list alternates user and assistant turns and ends with the user turn that is answered."""
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{where}: field '{field}': empty prompt")
-        return value, True
-    turns = [t for t in _messages(value, where, field) if t[0] != "system"]
-    if len(turns) != 1 or turns[0][0] != "user":
-        raise DataError(f"{where}: field '{field}': expected one user turn (multi-turn rows are not supported)")
-    return turns[0][1], False
+        return (), value, True
+    history, prompt, _ = _turns(_messages(value, where, field), where, field, need_answer=False)
+    return history, prompt, False
 
 
 def _answer(value: Any, where: str, field: str) -> str:
@@ -253,14 +371,25 @@ def _answer(value: Any, where: str, field: str) -> str:
     return turns[0][1]
 
 
-def _sharegpt(rec: dict, where: str, need_answer: bool, field: str = "conversations") -> tuple[str, str | None]:
-    turns = [t for t in _messages(rec[field], where, field) if t[0] != "system"]
-    want = 2 if need_answer else 1
+def _sharegpt(rec: dict, where: str, need_answer: bool,
+              field: str = "conversations") -> tuple[tuple[tuple[str, str], ...], str, str | None]:
+    return _turns(_messages(rec[field], where, field), where, field, need_answer)
+
+
+def _turns(messages: list[tuple[str, str]], where: str, field: str,
+           need_answer: bool) -> tuple[tuple[tuple[str, str], ...], str, str | None]:
+    """(history, last user turn, its answer or None) of alternating user/assistant turns (system dropped)."""
+    turns = [t for t in messages if t[0] != "system"]
     roles = [r for r, _ in turns]
-    if roles != ["user", "assistant"][:want]:
-        raise DataError(f"{where}: field '{field}': expected {' then '.join(['user', 'assistant'][:want])} "
-                        f"(multi-turn rows are not supported), got roles {roles}")
-    return turns[0][1], (turns[1][1] if need_answer else None)
+    last = "assistant" if need_answer else "user"
+    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
+    if not turns or roles != expected[: len(turns)] or roles[-1] != last:
+        raise DataError(f"{where}: field '{field}': expected alternating user/assistant turns starting with user "
+                        f"and ending with {last}, got roles {roles}")
+    body = turns if need_answer else turns + [("assistant", "")]
+    pairs = [(body[i][1], body[i + 1][1]) for i in range(0, len(body), 2)]
+    *history, (prompt, answer) = pairs
+    return tuple(history), prompt, (answer if need_answer else None)
 
 
 def _sharegpt_answer(rec: dict, field: str, where: str) -> str:
@@ -273,6 +402,8 @@ def _sharegpt_answer(rec: dict, field: str, where: str) -> str:
 def _image(rec: dict, where: str, root: Path | None) -> Any:
     field = "images" if "images" in rec else "image"
     value = rec.get(field)
+    if value is None or (isinstance(value, list) and not value):
+        return BLANK  # a text-only row (LLaMA-Factory) is seen on a blank image, as HarmBench's text behaviours
     if isinstance(value, list):
         if len(value) != 1:
             raise DataError(f"{where}: field '{field}': exactly one image per row is supported, got {len(value)}")
@@ -280,8 +411,7 @@ def _image(rec: dict, where: str, root: Path | None) -> Any:
     if isinstance(value, dict) and value.get("bytes") is None:
         value = value.get("path")  # a datasets Image record without bytes
     if value is None:
-        raise DataError(f"{where}: field '{field}': missing; every row needs one image (use a blank image for "
-                        "text-only requests, as HarmBench's blank-image rows do)")
+        raise DataError(f"{where}: field '{field}': an image record with neither bytes nor a path")
     if isinstance(value, str):
         path = Path(value)
         if not path.is_absolute() and root is not None:
@@ -299,6 +429,24 @@ def _image(rec: dict, where: str, root: Path | None) -> Any:
         raise DataError(f"{where}: field '{field}': {what} cannot be read as an RGB image "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     return value
+
+
+BLANK_SIZE = 336  # LLaVA-1.5's input side; the processor resizes it for other models
+BLANK_GREY = (128, 128, 128)  # the same mid-grey as the evaluation's "blank" attack source (eval/data.py)
+
+
+class _Blank:
+    """The image of a text-only row (one shared instance: ``row.image is BLANK``)."""
+
+    def __repr__(self) -> str:
+        return "BLANK"
+
+
+BLANK = _Blank()
+
+
+def blank_image(width: int = BLANK_SIZE, height: int = BLANK_SIZE) -> Image.Image:
+    return Image.new("RGB", (width, height), BLANK_GREY)
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNGs open as I;16 (or I in older Pillow)
@@ -325,7 +473,9 @@ def open_image(value: Any, size: int | None = None):
     when given (dynamic-resolution families such as Qwen2-VL need one patch grid per attacked batch)."""
     import io
 
-    if isinstance(value, Image.Image):
+    if value is BLANK:
+        image = blank_image()
+    elif isinstance(value, Image.Image):
         image = _rgb(value)
     elif isinstance(value, dict) and value.get("bytes") is not None:
         image = _rgb(Image.open(io.BytesIO(bytes(value["bytes"]))))  # JSON spells bytes as a list of ints
@@ -343,6 +493,8 @@ def image_dims(value: Any, size: int | None = None) -> tuple[int, int]:
 
     if size:
         return size, size
+    if value is BLANK:
+        return BLANK_SIZE, BLANK_SIZE
     if isinstance(value, Image.Image):
         return value.size
     with Image.open(io.BytesIO(bytes(value["bytes"])) if isinstance(value, dict) else value) as im:

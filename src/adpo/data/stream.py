@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .collate import collate, collate_pairs
+from .collate import collate_pair_rows, collate_rows
 from .formats import PairRow, SFTRow, open_image
 
 IMAGE_CACHE_ROWS = 4096
@@ -57,14 +57,35 @@ class BatchStream:
 
     def batch(self, m: int) -> dict[str, torch.Tensor]:
         idx = self.indices(m)
+        return self._collate(idx)
+
+    def _collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         rows = [self.rows[i] for i in idx]
-        kw = dict(max_length=self.max_length, formatted=[r.formatted for r in rows], sources=[r.source for r in rows])
         images = [self._image(i) for i in idx]
         if isinstance(rows[0], PairRow):
-            return collate_pairs(self.processor, images, [r.prompt for r in rows], [r.chosen for r in rows],
-                                 [r.rejected for r in rows], **kw)
-        return collate(self.processor, images, [r.prompt for r in rows], [r.response for r in rows], **kw)
+            return collate_pair_rows(self.processor, images, rows, self.max_length)
+        return collate_rows(self.processor, images, rows, self.max_length)
+
+    def parts(self, m: int) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+        """(batch, utility batch) of micro-batch ``m``: this stream's batch and no utility rows."""
+        return self.batch(m), None
 
     def epochs(self, micro_batches: int) -> float:
         """Passes over the rows after ``micro_batches`` global micro-batches."""
         return micro_batches * self.batch_size * self.world_size / len(self.rows)
+
+
+class MixedStream(BatchStream):
+    """One shuffled stream over preference pairs and utility SFT rows together, as the official AT stage
+    draws its batches (one dataset of 200 harmful + 500 utility rows, batch 4): a micro-batch's pairs and its
+    utility rows are collated apart, and either part may be empty (None), so the harmful:utility ratio
+    varies from step to step (docs/method.md §8, B12)."""
+
+    def parts(self, m: int) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+        idx = self.indices(m)
+        pairs = [i for i in idx if isinstance(self.rows[i], PairRow)]
+        utility = [i for i in idx if not isinstance(self.rows[i], PairRow)]
+        return (self._collate(pairs) if pairs else None), (self._collate(utility) if utility else None)
+
+    def batch(self, m: int) -> dict[str, torch.Tensor]:
+        raise TypeError("a mixed stream has two parts per batch; use parts(m)")

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.templates import MODEL, TEMPLATES
 from ..threats.budget import parse_eps
 from ..threats.image import ImagePGD
 from ..threats.latent import LatentPGD
@@ -110,6 +111,7 @@ class EvalConfig:
     dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
     logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
     image_size: int | None = None  # resize images to N×N first (Qwen2-VL: one patch grid per attacked batch)
+    template: str | None = None  # prompt template: model | llava | vicuna; None: the one the adapter was trained with
     # the "attacks" task: any registered threat model (adpo.threats.registry) by name, with its settings, e.g.
     # [{threat: image, name: l2@1.0, norm: l2, eps: 1.0, step_size: 0.1, steps: 100}]
     attacks: tuple = ()
@@ -132,6 +134,8 @@ class EvalConfig:
             raise ConfigError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
         if self.suite not in SUITES:
             raise ConfigError(f"unknown suite {self.suite!r}; known: {list(SUITES)}")
+        if self.template is not None and self.template not in (MODEL, *TEMPLATES):
+            raise ConfigError(f"unknown template {self.template!r}; known: {[MODEL, *TEMPLATES]}")
         if self.restarts < 1 or self.batch_size < 1 or self.check_every < 0:
             raise ConfigError("restarts and batch_size must be >= 1, check_every >= 0")
         if self.limit is not None and self.limit < 1:

@@ -51,6 +51,10 @@ def load_harmful(path: str | Path, limit: int | None = None) -> list[Row]:
     if bad is not None:
         raise ConfigError(f"{bad.source}: field 'prompt': evaluation needs a plain or conversational prompt, "
                           "not a chat-formatted string")
+    bad = next((r for r in rows if r.history), None)
+    if bad is not None:
+        raise ConfigError(f"{bad.source}: field 'prompt': evaluation attacks single-turn behaviours; this row has "
+                          f"{len(bad.history)} earlier turn(s)")
     return [Row(i, r.prompt, open_image(r.image), _behaviour_id(r.meta, i),
                 str(r.meta.get("category", r.meta.get("category_name", ""))), target=r.rejected, refusal=r.chosen,
                 source=r.source, meta=r.meta) for i, r in enumerate(rows)]

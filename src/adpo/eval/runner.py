@@ -65,8 +65,10 @@ def check_identity(folder: Path, spec: ModelSpec) -> None:
         raise ConfigError(f"{folder} holds an evaluation of {json.dumps(recorded)}; use another --out")
 
 
-def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
-    """The model (eval mode, LoRA merged for speed) and its processor."""
+def load_model(spec: ModelSpec, dtype: str | None = None, template: str | None = None) -> tuple[Any, Any]:
+    """The model (eval mode, LoRA merged for speed) and its processor, with the prompt template ``template``
+    (None: the one the adapter was trained with, :func:`trained_template`)."""
+    from ..data.templates import use_template
     from ..models.adapters import is_adapter, load_adapter, load_base, resolve_run
 
     torch_dtype = getattr(torch, dtype) if dtype else None
@@ -74,9 +76,15 @@ def load_model(spec: ModelSpec, dtype: str | None = None) -> tuple[Any, Any]:
     path = None if spec.adapter is None else resolve_run(spec.adapter)
     if path is None or not is_adapter(path):
         model, processor = load_base(path or spec.model, torch_dtype)
-        return model.to(device).eval(), processor
+        return model.to(device).eval(), use_template(processor, template or trained_template(spec))
     base, processor = load_base(spec.model, torch_dtype)
+    processor = use_template(processor, template or trained_template(spec))
     return load_adapter(base, path, spec.model).merge_and_unload().to(device).eval(), processor
+
+
+def trained_template(spec: ModelSpec) -> str | None:
+    """The prompt template (``train.template``) the evaluated adapter was trained with; None when unknown."""
+    return _trained(spec).get("train", {}).get("template")
 
 
 def _versions() -> dict[str, str]:
@@ -126,7 +134,7 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
     judges = judges or make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
     subs = subtasks(cfg, data)  # every input row is read (and checked) here
     t0 = time.time()
-    model, processor = load_model(spec, cfg.dtype)
+    model, processor = load_model(spec, cfg.dtype, cfg.template)
     folder.begin(**spec.identity())
     status = {j.name: j.status for j in judges}
     for name, st in status.items():
@@ -134,7 +142,7 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
             log(f"judge {name}: {st} (its metrics will be null)")
     primary = next((j for j in judges if j.status == "ok"), judges[0])
     torch.manual_seed(cfg.seed)
-    sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype)[0]
+    sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype, cfg.template)[0]
                for label, path in map(transfer_source, cfg.transfer_from)}
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
                     cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size, sources)
@@ -174,15 +182,20 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
 
 def training_attack_steps(spec: ModelSpec) -> int:
     """The most attack steps the evaluated adapter saw in training (0 when unknown or untrained)."""
+    saved = _trained(spec)
+    return max(int((saved.get(k) or {}).get("steps", 0)) for k in ("image", "latent"))
+
+
+def _trained(spec: ModelSpec) -> dict[str, Any]:
+    """The training config recorded beside the evaluated adapter or model ({} when none)."""
     if spec.adapter is None:
-        return 0
+        return {}
     from ..models.adapters import resolve_run
 
     try:
-        saved = json.loads((resolve_run(spec.adapter) / "adpo_train.json").read_text()).get("config", {})
+        return json.loads((resolve_run(spec.adapter) / "adpo_train.json").read_text()).get("config", {}) or {}
     except (OSError, ValueError):
-        return 0
-    return max(int((saved.get(k) or {}).get("steps", 0)) for k in ("image", "latent"))
+        return {}
 
 
 def _success_half(sub: Subtask, o: Any) -> bool | None:

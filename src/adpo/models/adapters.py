@@ -223,6 +223,7 @@ class Policy:
     model: nn.Module
     reference: str  # "adapter" | "disabled-adapter" | "copy" | "none"
     ref_copy: nn.Module | None = None
+    merged: Path | None = None  # an adapter merged into the base before the policy's fresh LoRA (save stacks it)
 
     @contextmanager
     def reference_model(self) -> Iterator[nn.Module]:
@@ -249,13 +250,25 @@ class Policy:
 
 
 def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = None,
-                 reference: str = "none") -> Policy:
+                 reference: str = "none", merge: bool = False) -> Policy:
     """The policy (and its reference) for a method.
 
     ``init``: a peft adapter the policy starts from (e.g. the AT adapter), or None (a fresh LoRA, which
     equals the base at step 0). ``reference``: "init" (the model the policy starts from) or "none".
+    ``merge``: merge ``init`` into the base and train a fresh LoRA on top (the official ADPO run), the
+    reference being the merged model; :func:`save_trained` then writes both as one adapter.
     Full fine-tuning takes its starting weights from ``base`` (load the AT model as the base).
     """
+    if merge and init is not None and lora.enabled:
+        from peft import PeftModel
+
+        init = Path(init)
+        if not is_adapter(init):
+            raise MissingInput(f"{init} is not a peft adapter folder (no adapter_config.json)")
+        merged = PeftModel.from_pretrained(base, init).merge_and_unload()
+        policy = build_policy(merged, lora, None, reference)
+        policy.merged = init
+        return policy
     import re
 
     from .families import inspect_model
@@ -306,10 +319,48 @@ def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any
         extra = {**(extra or {}), "base": base_record(base)}
     target = out / name
     with atomic_dir(target, own=(TRAIN_RECORD,)) as tmp:
-        if name == "adapter":
+        if name == "adapter" and policy.merged is not None:
+            from safetensors.torch import save_file
+
+            weights, config = stacked_adapter(policy.merged, policy.model, state_dict)
+            config.save_pretrained(tmp)
+            save_file(weights, tmp / "adapter_model.safetensors")
+        elif name == "adapter":
             policy.model.save_pretrained(tmp, selected_adapters=[POLICY], state_dict=state_dict)
         else:
             policy.model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
         (tmp / TRAIN_RECORD).write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
     return target
+
+
+def stacked_adapter(first: str | Path, model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None):
+    """(weights, LoraConfig) of one plain LoRA adapter equal to adapter ``first`` merged into the base plus
+    ``model``'s trained adapter on top: ``s1·B1A1 + s2·B2A2 = [s1·B1 | s2·B2][A1; A2]``, rank r1 + r2 at
+    scale 1. Both must wrap the same modules (the same ``lora.target`` on the same base)."""
+    import dataclasses as dc
+
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    first = Path(first)
+    c1, c2 = LoraConfig.from_pretrained(str(first)), model.peft_config[POLICY]
+    if getattr(c1, "use_dora", False) or getattr(c2, "use_dora", False):
+        raise ConfigError("merge-then-fresh-LoRA (train.policy_init=merge) cannot stack DoRA adapters")
+    s1, s2 = (c.lora_alpha / (c.r ** 0.5 if c.use_rslora else c.r) for c in (c1, c2))
+    w1 = load_file(str(first / "adapter_model.safetensors"))
+    w2 = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=POLICY)
+    if set(w1) != set(w2):
+        diff = sorted(set(w1) ^ set(w2))[:3]
+        raise ConfigError(f"adapter {first} and the policy's LoRA wrap different modules (e.g. {diff}); "
+                          "train.policy_init=merge needs the same lora.target as the AT run")
+    out: dict[str, torch.Tensor] = {}
+    for key, a2 in w2.items():
+        if ".lora_A." not in key:
+            continue
+        kb = key.replace(".lora_A.", ".lora_B.")
+        a1, b1, b2 = w1[key], w1[kb], w2[kb]
+        out[key] = torch.cat([a1.to(a2.dtype), a2]).contiguous()
+        out[kb] = torch.cat([b1.to(b2.dtype) * s1, b2 * s2], dim=1).contiguous()
+    r = c1.r + c2.r
+    return out, dc.replace(c2, r=r, lora_alpha=r, use_rslora=False, rank_pattern={}, alpha_pattern={})

@@ -68,8 +68,37 @@ IDEFICS3_SPECIALS = ("<|im_start|>", "<end_of_utterance>", "<fake_token_around_i
 IDEFICS3_TEMPLATE = _template("<|im_start|>User:", "Assistant: ", "<end_of_utterance>{{ '\\n' }}", "<image>")
 
 
-def build_processor(family: str, shape: Shape = TINY) -> Any:
-    """The family's real processor class around the offline tokenizer and the family's image processor."""
+def sentencepiece_tokenizer(folder: str | Path, vocab_size: int = 320) -> Any:
+    """A tiny SentencePiece tokenizer trained offline with Llama's settings (BPE, dummy prefix, byte fallback,
+    digits split, no normalisation), loaded as transformers' ``LlamaTokenizer`` with LLaVA's ``<image>`` and
+    ``<pad>`` and the LLaVA-1.5 chat template: the tokenizer family whose dummy prefix makes an answer
+    tokenised apart start with a token the model never produces (data/collate.py). Needs the
+    ``sentencepiece`` and ``protobuf`` packages (the ``dev`` extra)."""
+    import sentencepiece as spm
+    from transformers import AddedToken, LlamaTokenizer
+
+    from ..data.templates import VICUNA_SYSTEM
+    from ..organism.tokenizer import CHAT_TEMPLATE
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = [VICUNA_SYSTEM, "USER: What is shown in the image? ASSISTANT: Sorry, I can't do that.",
+            "Sure, here's how to describe the picture: a black bear sniffs at a tree in a meadow.",
+            "How many people are visible? There are 2 people, 13 birds and 456 cars on the left."] * 20
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size,
+        model_type="bpe", add_dummy_prefix=True, byte_fallback=True, split_digits=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, minloglevel=2, num_threads=1)
+    tok = LlamaTokenizer.from_pretrained(str(folder), pad_token=AddedToken("<pad>", special=True),
+                                         extra_special_tokens={"image_token": "<image>"})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_processor(family: str, shape: Shape = TINY, tokenizer: Any = None) -> Any:
+    """The family's real processor class around the offline tokenizer and the family's image processor
+    (``tokenizer``: another tokenizer for the LLaVA families, e.g. :func:`sentencepiece_tokenizer`)."""
     import transformers as tf
 
     from ..organism.tokenizer import CHAT_TEMPLATE, build_tokenizer
@@ -77,7 +106,7 @@ def build_processor(family: str, shape: Shape = TINY) -> Any:
 
     n = shape.image_size
     if family in ("llava", "llava_next"):
-        tok = build_tokenizer()
+        tok = tokenizer or build_tokenizer()
         if family == "llava":
             ip = tf.LlavaImageProcessorPil(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
             cls = tf.LlavaProcessor

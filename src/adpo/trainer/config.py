@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.templates import MODEL, TEMPLATES
 from ..models.adapters import LoraSettings
+from ..objectives.preference import LOSS_TYPES
 from ..threats import registry
 from ..threats.image import ImagePGD
 from ..threats.latent import LatentPGD
@@ -57,13 +59,22 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    # preference loss
+    # preference loss, in TRL 1.16's names: loss_type [sigmoid, sft] with loss_weights [1, α] adds the SFT
+    # term on the chosen answer (TRL's "sft" loss: the token mean; LLaMA-Factory's pref_ftx)
     beta: float = 0.1
-    loss_type: str = "sigmoid"  # sigmoid | ipo | hinge
+    loss_type: str | tuple[str, ...] = "sigmoid"  # sigmoid | ipo | hinge, optionally with sft: [sigmoid, sft]
+    loss_weights: tuple[float, ...] | None = None  # one per loss_type entry; None: all 1
     label_smoothing: float = 0.0
-    rpo_alpha: float = 0.0  # SFT term on the chosen answer (TRL rpo_alpha, LLaMA-Factory pref_ftx)
+    rpo_alpha: float = 0.0  # TRL < 1.0's name (dropped by TRL): the same as loss_type [.., sft] weighted rpo_alpha
     utility_weight: float | None = None  # None: the method's default (at: 30, sft: 1, DPO family: 0)
-    at_floor: float | None = None  # the official AT code's 0.5 loss floor, opt-in only
+    # where our defaults differ from the official run (docs/training.md, "Official recipe or ours"); None: by
+    # fidelity, ours | official (FIDELITY)
+    fidelity: str = "ours"
+    template: str | None = None  # model (the processor's chat template) | llava | vicuna (LLaMA-Factory's)
+    at_stream: str | None = None  # AT batches: paired (pairs + utility rows per step) | mixed (one shuffled stream)
+    sft_reduction: str | None = None  # SFT cross-entropy: sequence (row means, then rows) | token (batch token mean)
+    policy_init: str | None = None  # ar-dpo/adpo: continue (train the AT adapter on) | merge (fresh LoRA on it)
+    at_floor: float | None = None  # the official AT code's 0.5 loss floor (0: off)
     # adversary
     threat: str = "image"  # a trainable threat of adpo.threats.registry: image | latent | joint
     attack_objective: str = "rejected_nll"  # rejected_nll (official code) | dpo_margin
@@ -83,8 +94,16 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute decoder activations in backward (attack hooks included)
 
     def __post_init__(self) -> None:
+        if self.fidelity not in FIDELITY:
+            raise ValueError(f"fidelity must be one of {list(FIDELITY)}, got {self.fidelity!r}")
+        for name, value in FIDELITY[self.fidelity].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        self._check_losses()
         checks = {"threat": tuple(registry.trainable()), "attack_objective": ("rejected_nll", "dpo_margin"),
-                  "reference_input": ("clean", "perturbed"), "loss_type": ("sigmoid", "ipo", "hinge"),
+                  "reference_input": ("clean", "perturbed"), "template": (MODEL, *TEMPLATES),
+                  "at_stream": ("paired", "mixed"), "sft_reduction": ("sequence", "token"),
+                  "policy_init": ("continue", "merge"),
                   "report_to": ("none", "tensorboard"), "model_dtype": ("float32", "bfloat16", "float16")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
@@ -100,6 +119,43 @@ class TrainConfig:
         known = [t.value for t in SchedulerType]
         if self.scheduler not in known:
             raise ValueError(f"scheduler must be one of {known}, got {self.scheduler!r}")
+
+
+    def _check_losses(self) -> None:
+        types = self.loss_types
+        weights = self.loss_weights or (1.0,) * len(types)
+        prefs = [t for t in types if t != "sft"]
+        if len(prefs) != 1 or prefs[0] not in LOSS_TYPES or len(set(types)) != len(types):
+            raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, optionally with 'sft' "
+                             f"(e.g. [sigmoid, sft]), got {self.loss_type!r}")
+        if len(weights) != len(types):
+            raise ValueError(f"loss_weights must have one weight per loss_type entry, got {weights} for {types}")
+        if self.rpo_alpha and "sft" in types:
+            raise ValueError("rpo_alpha is the old name of loss_type [..., sft] with its weight; give one of them")
+
+    @property
+    def loss_types(self) -> tuple[str, ...]:
+        return (self.loss_type,) if isinstance(self.loss_type, str) else tuple(self.loss_type)
+
+    @property
+    def preference_loss(self) -> tuple[str, float]:
+        """(name, weight) of the preference loss."""
+        weights = self.loss_weights or (1.0,) * len(self.loss_types)
+        return next((t, w) for t, w in zip(self.loss_types, weights) if t != "sft")
+
+    @property
+    def sft_weight(self) -> float:
+        """Weight of the SFT term on the chosen answer: loss_type's "sft" entry, or the alias rpo_alpha."""
+        weights = self.loss_weights or (1.0,) * len(self.loss_types)
+        return dict(zip(self.loss_types, weights)).get("sft", self.rpo_alpha)
+
+
+# The official run's values where our defaults differ (docs/training.md, "Official recipe or ours" says why).
+FIDELITY: dict[str, dict[str, Any]] = {
+    "ours": {"template": MODEL, "at_stream": "paired", "sft_reduction": "sequence", "policy_init": "continue"},
+    "official": {"template": "llava", "at_stream": "mixed", "sft_reduction": "token", "policy_init": "merge",
+                 "at_floor": 0.5},
+}
 
 
 @dataclass(frozen=True)

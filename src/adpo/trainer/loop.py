@@ -26,7 +26,8 @@ import yaml
 
 from ..data.collate import check_lengths
 from ..data.formats import DataError, PairRow, load_rows
-from ..data.stream import BatchStream
+from ..data.stream import BatchStream, MixedStream
+from ..data.templates import use_template
 from ..models.adapters import (
     build_policy,
     check_adapter_base,
@@ -75,10 +76,12 @@ def _models(run: RunConfig):
         init = resolve_run(start) if start else None
         if init is not None:
             check_adapter_base(init, run.model)
+    use_template(processor, run.train.template)  # saved with the adapter: evaluation renders the same prompts
     if run.train.gradient_checkpointing:
         enable_checkpointing(base)
     reference = "init" if run.spec.reference in ("init", "at") else "none"
-    return build_policy(base, run.lora, init, reference), processor
+    merge = run.train.policy_init == "merge" and run.spec.reference == "at"  # merge the AT adapter, fresh LoRA
+    return build_policy(base, run.lora, init, reference, merge), processor
 
 
 def logps_chunk(run: RunConfig, acc, model) -> int:
@@ -142,8 +145,9 @@ class Session:
         for micro in range(cfg.grad_accum):
             m = step * cfg.grad_accum + micro
             self.ctx.generator.manual_seed((cfg.seed * 1_000_003 + m) * 1_009 + acc.process_index)
-            batch = _to(self.stream.batch(m), acc.device)
-            utility = _to(self.util_stream.batch(m), acc.device) if self.util_stream else None
+            batch, utility = self.stream.parts(m)
+            batch, utility = _to(batch, acc.device), _to(self.util_stream.batch(m) if self.util_stream else utility,
+                                                        acc.device)
             with acc.accumulate(self.model):
                 loss, metrics = step_once(self.ctx, batch, utility, log and micro == cfg.grad_accum - 1)
                 acc.backward(loss)
@@ -174,12 +178,14 @@ def setup(run: RunConfig) -> Session:
     policy, processor = _models(run)
     for rows in filter(None, (pairs, utility_rows)):
         check_lengths(processor, rows, context_length(policy.model), cfg.max_length, cfg.image_size)
-    stream = BatchStream(pairs, processor, cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
-                         acc.num_processes, cfg.image_size)
+    mixed = is_mixed(run) and utility_rows is not None
+    stream = (MixedStream if mixed else BatchStream)(pairs + utility_rows if mixed else pairs, processor,
+                                                     cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
+                                                     acc.num_processes, cfg.image_size)
     util_stream = (BatchStream(utility_rows, processor, cfg.utility_batch_size, cfg.seed + 1, cfg.max_length,
-                               acc.process_index, acc.num_processes, cfg.image_size) if utility_rows else None)
-    per_step = cfg.batch_size * acc.num_processes * cfg.grad_accum
-    total = cfg.steps or max(1, math.ceil(cfg.epochs * len(pairs) / per_step))
+                               acc.process_index, acc.num_processes, cfg.image_size)
+                   if utility_rows and not mixed else None)
+    total = total_steps(run, len(pairs), len(utility_rows or ()), acc.num_processes)
     params = [p for _, p in policy.trainable()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
@@ -271,8 +277,21 @@ def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, 
     return summary
 
 
-def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+def is_mixed(run: RunConfig) -> bool:
+    """AT batches drawn from one shuffled stream of pairs and utility rows (``train.at_stream: mixed``)."""
+    return run.spec.objective == "at" and run.train.at_stream == "mixed" and run.utility_weight > 0
+
+
+def total_steps(run: RunConfig, n_pairs: int, n_utility: int, processes: int = 1) -> int:
+    """Optimizer steps of a run: ``train.steps``, else ``epochs`` passes over the stream's rows (the pairs;
+    pairs and utility rows together in a mixed AT stream: 2 epochs of 200 + 500 rows at batch 4 = 350)."""
+    cfg = run.train
+    rows = n_pairs + (n_utility if is_mixed(run) else 0)
+    return cfg.steps or max(1, math.ceil(cfg.epochs * rows / (cfg.batch_size * processes * cfg.grad_accum)))
+
+
+def _to(batch: dict[str, torch.Tensor] | None, device) -> dict[str, torch.Tensor] | None:
+    return None if batch is None else {k: v.to(device) for k, v in batch.items()}
 
 
 def _mean_across(acc, metrics: dict[str, float]) -> dict[str, float]:

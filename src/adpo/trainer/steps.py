@@ -39,11 +39,15 @@ Log-probs are summed over response tokens (fp32). DPO and AR-DPO are the same st
 The attack runs on the *unwrapped* model (no DDP gradient sync, parameters frozen by the threat loop);
 its perturbation is then installed only around the policy's forward, so reference passes are always
 clean unless ``reference_input="perturbed"`` asks otherwise (docs/method.md §8, bug B6 was a stale hook).
+The attack and the reference pass run with dropout off (:func:`dropout_off`; the official trainer disables
+dropout), so with ``lora.dropout > 0`` the reference log-probs are a function of the input and the attack
+optimises one model; the policy's own pass keeps the configured dropout.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +75,29 @@ class StepContext:
     chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps; 0: full logits)
 
 
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its dropout layers (LoRA's included) in eval mode, each one's flag restored on exit.
+
+    Only the dropout layers: ``model.eval()`` would also switch off transformers' gradient checkpointing
+    (it checks ``self.training``), and the attack's backward passes would then hold every activation."""
+    flags = [(m, m.training) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 def attack(ctx: StepContext, batch: dict[str, torch.Tensor]) -> AttackResult:
-    """A fresh worst-case perturbation of the pairs' images/prompts against the current policy."""
+    """A fresh worst-case perturbation of the pairs' images/prompts against the current policy (dropout off)."""
     chosen, rejected = halves(batch)
     objective = (targeted_nll(rejected, ctx.chunk) if ctx.run.train.attack_objective == "rejected_nll"
                  else dpo_margin(chosen, rejected, ctx.chunk))
     inputs = {**image_keys(batch), "prompt_mask": chosen["prompt_mask"], "attention_mask": chosen["attention_mask"]}
-    with ctx.autocast():
+    with ctx.autocast(), dropout_off(ctx.core):
         return ctx.run.threat().run(ctx.core, inputs, objective, codec=ctx.codec, generator=ctx.generator)
 
 
@@ -104,7 +124,8 @@ def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResu
 
 def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackResult | None,
                 ctx: StepContext) -> torch.Tensor:
-    return response_nll(*_logps(model, batch, adv, ctx, pairs=False))
+    """Cross-entropy of the answers, reduced as ``train.sft_reduction`` says (per row or per token)."""
+    return response_nll(*_logps(model, batch, adv, ctx, pairs=False), ctx.run.train.sft_reduction)
 
 
 def adversary_metrics(adv: AttackResult) -> dict[str, float]:
@@ -119,19 +140,20 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
     """DPO / AR-DPO / AT-DPO / ADPO: the preference loss, the policy under attack when the method is
     adversarial (the module docstring maps the ADPO equation onto these lines)."""
     run, cfg = ctx.run, ctx.run.train
-    average = cfg.loss_type == "ipo"
+    loss_type, weight = cfg.preference_loss
+    average = loss_type == "ipo"
     adv = attack(ctx, batch) if run.spec.adversarial else None
-    with torch.no_grad(), ctx.policy.reference_model() as ref:
+    with torch.no_grad(), ctx.policy.reference_model() as ref, dropout_off(ref):
         ref_c, ref_r, _, _ = pair_logps(ref, batch, adv if cfg.reference_input == "perturbed" else None, average,
                                         ctx)
     pol_c, pol_r, lp, mask = pair_logps(ctx.model, batch, adv, average, ctx)
-    out = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-    loss = out.losses.mean()
+    out = dpo_loss(pol_c, pol_r, ref_c, ref_r, cfg.beta, loss_type, cfg.label_smoothing)
+    loss = weight * out.losses.mean()
     metrics: dict[str, float] = {}
-    if cfg.rpo_alpha > 0:
+    if cfg.sft_weight > 0:  # TRL's "sft" loss: the token mean over the chosen answers
         n = pol_c.shape[0]
-        chosen_sft = response_nll(lp[:n], mask[:n])
-        loss = loss + cfg.rpo_alpha * chosen_sft
+        chosen_sft = response_nll(lp[:n], mask[:n], "token")
+        loss = loss + cfg.sft_weight * chosen_sft
         metrics["sft/chosen_ce"] = float(chosen_sft.detach())
     if utility is not None:
         util = sft_forward(ctx.model, utility, None, ctx)
@@ -141,7 +163,7 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
         metrics.update(preference_metrics(out, pol_c, pol_r))
         if adv is not None:
             metrics["adv/margin_attacked"] = float((pol_c - pol_r).detach().mean())
-            with torch.no_grad():
+            with torch.no_grad(), dropout_off(ctx.core):
                 clean_c, clean_r, _, _ = pair_logps(ctx.core, batch, None, average, ctx)
             metrics["adv/margin_clean"] = float((clean_c - clean_r).mean())
             metrics.update(adversary_metrics(adv))
@@ -150,21 +172,21 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
     return loss, metrics
 
 
-def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str, torch.Tensor] | None,
+def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor] | None, utility: dict[str, torch.Tensor] | None,
                    log: bool) -> tuple[torch.Tensor, dict[str, float]]:
     """SFT on the chosen (safe) answer, clean (sft) or under the attack toward the rejected one (at; the
-    module docstring maps the AT equation onto these lines)."""
+    module docstring maps the AT equation onto these lines). ``batch`` is None when a mixed AT batch
+    (``train.at_stream: mixed``) drew no harmful row: its refusal term is 0, as in the official code."""
     run = ctx.run
-    adv = attack(ctx, batch) if run.spec.adversarial else None
-    chosen, _ = halves(batch)
-    refusal = sft_forward(ctx.model, chosen, adv, ctx)
+    adv = attack(ctx, batch) if run.spec.adversarial and batch is not None else None
+    refusal = sft_forward(ctx.model, halves(batch)[0], adv, ctx) if batch is not None else None
     util = sft_forward(ctx.model, utility, None, ctx) if utility is not None else None
     if run.spec.objective == "at":
         loss = at_loss(refusal, util, run.utility_weight, run.train.at_floor)
     else:
-        loss = refusal + (run.utility_weight * util if util is not None else 0.0)
+        loss = (refusal if refusal is not None else 0.0) + (run.utility_weight * util if util is not None else 0.0)
     metrics: dict[str, float] = {}
-    if log:
+    if log and refusal is not None:
         metrics["sft/chosen_ce" if adv is None else "adv/chosen_ce_attacked"] = float(refusal.detach())
         if util is not None:
             metrics["sft/utility_ce"] = float(util.detach())
