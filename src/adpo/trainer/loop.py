@@ -112,6 +112,15 @@ def check_engine(acc) -> None:
                               "(docs/models.md, 'Scaling out')")
 
 
+def configure_deepspeed(ds: dict[str, Any], cfg) -> None:
+    """What DeepSpeed would otherwise take from elsewhere than ``train``: the micro-batch (no dataloader is
+    prepared, so it cannot infer it) and the clipping norm (DeepSpeed clips inside its engine with its own
+    config's value and ``clip_grad_norm_`` returns None; a config without one, like zero3.yaml, would not
+    clip at all)."""
+    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds["gradient_clipping"] = cfg.max_grad_norm
+
+
 def check_pairs(pairs: list[PairRow], source: str, allow: bool, log: Callable[[str], None] = print) -> None:
     """Refuse pairs whose chosen and rejected answers are the same text: they teach nothing (the DPO loss is
     log 2 with a zero gradient whatever the model does), and a file of them is a broken export that would
@@ -201,8 +210,8 @@ def setup(run: RunConfig) -> Session:
     optimizer = torch.optim.AdamW([p for _, p in policy.trainable()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
-    if acc.state.deepspeed_plugin is not None:  # no dataloader is prepared, so DeepSpeed cannot infer it
-        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    if acc.state.deepspeed_plugin is not None:
+        configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, cfg)
     model, optimizer = acc.prepare(policy.model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
     acc.register_for_checkpointing(scheduler)  # restored by save_state/load_state under FSDP/DeepSpeed
