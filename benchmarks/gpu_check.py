@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     from adpo.utils.config import load_yaml
 
     device = args.device
+    rank = _ddp_init(device) if args.ddp else 0
+    if args.ddp and device.startswith("cuda"):
+        device = f"cuda:{rank}"
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     shape = synthetic.TINY if args.tiny else synthetic.LLAVA_7B
     t0 = time.perf_counter()
@@ -104,13 +109,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def report(row: dict) -> None:
         """Print and save each row as soon as it is measured: a run cut short keeps what it measured."""
+        if args.ddp:
+            row["phase"] = f"ddp{torch.distributed.get_world_size()} {row['phase']}"
         dpo = rows[0]["s_per_step"] if rows else None
-        row["ratio_to_dpo"] = round(row["s_per_step"] / dpo, 2) if row["phase"].startswith("adpo") and dpo else None
+        row["ratio_to_dpo"] = round(row["s_per_step"] / dpo, 2) if "adpo" in row["phase"] and dpo else None
         rows.append(row)
         peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
         ratio = "-" if row["ratio_to_dpo"] is None else f"{row['ratio_to_dpo']:.2f}"
         print(f"{row['phase']:<12} {row['s_per_step']:>9.4f} {peak:>9} {ratio:>6}", flush=True)
-        if args.out:
+        if args.out and rank == 0:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -121,7 +128,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         cfg = RunConfig.from_dict(raw)
         params = [p for _, p in policy.trainable()]
         opt = torch.optim.AdamW(params, lr=cfg.train.lr)
-        ctx = StepContext(cfg, policy.model, policy.model, policy, codec_for(processor),
+        model = policy.model
+        if args.ddp:  # the loop's layout: DDP for the training forward, attacks on the unwrapped model
+            ids = [rank] if device.startswith("cuda") else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ctx = StepContext(cfg, model, policy.model, policy, codec_for(processor),
                           torch.Generator().manual_seed(0), autocast, cfg.train.logps_chunk)
         policy.model.train()
 
@@ -143,8 +154,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         policy.model.save_pretrained(tmp, selected_adapters=[POLICY])
         base = policy.model.unload()
         policy = build_policy(base, settings, init=tmp, reference="init")
-    for k in (1, 5):
+    for k in (1,) if args.ddp else (1, 5):
         measure(f"adpo K={k}", "adpo", k, policy, args.reps)
+    if args.ddp:
+        torch.distributed.destroy_process_group()
+        return rows
 
     pgd = ImagePGD(eps=16 / 255, step_size=1 / 255, steps=args.pgd_steps, random_start=True)
     from adpo.data.collate import halves, image_keys
@@ -165,6 +179,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _ddp_init(device: str) -> int:
+    """Join the torchrun process group (nccl on GPUs, gloo on CPU); returns this process's rank."""
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(rank)
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if torch.distributed.get_rank():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 prints the table
+    return rank
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -174,6 +199,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--reps", type=int, default=3, help="timed steps per phase, after one warm-up")
     ap.add_argument("--pgd-steps", type=int, default=100)
     ap.add_argument("--out", type=Path, help="append the rows as JSON lines")
+    ap.add_argument("--ddp", action="store_true", help="under torchrun: DPO and ADPO K=1 steps with DDP on every "
+                                                       "process (one GPU each), rows 'ddp<N> ...' from rank 0")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("no CUDA device here; use --device cpu --tiny")

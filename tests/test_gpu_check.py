@@ -24,3 +24,11 @@ def test_gpu_check_script_runs_on_cpu_tiny(tmp_path):
     assert [r["ratio_to_dpo"] is not None for r in rows] == [False, True, True, False]
     assert [r["attack_steps"] for r in rows] == [0, 1, 5, 3]
     assert "s/step" in proc.stdout and "x DPO" in proc.stdout
+
+
+def test_gpu_check_script_parses_and_guards_the_ddp_row_by_gpu_count():
+    """The 2-GPU DDP row cannot run here (no GPU): the script must at least parse, and run it only when
+    torch sees more than one GPU (its --ddp mode is the benchmark's DDP path, run on CPU under gloo by hand)."""
+    script = (ROOT / "scripts" / "gpu_check.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")]).returncode == 0
+    assert 'if [ "$GPUS" -gt 1 ]' in script and "--nproc_per_node 2 benchmarks/gpu_check.py --ddp" in script

@@ -78,3 +78,28 @@ def test_bad_budget_is_a_config_error():
 
     with pytest.raises(ConfigError, match="cannot read budget '16/x'"):
         RunConfig.from_dict({"method": "dpo", "model": "m", "data": "d", "out": "o", "image": {"eps": "16/x"}})
+
+
+@pytest.mark.parametrize("name", ["zero2.yaml", "zero3.yaml"])
+def test_deepspeed_configs_and_the_loop_agree(name, tiny_model):
+    """What DeepSpeed takes from its config rather than from `train`: the loop must set it (micro-batch and
+    clipping norm), ZeRO-3 must be able to write the final weights whole, and chunked log-probs are off there."""
+    from types import SimpleNamespace
+
+    from adpo.trainer.loop import configure_deepspeed
+
+    ds = dict(yaml.safe_load((ROOT / "accelerate" / name).read_text())["deepspeed_config"])
+    run = RunConfig.from_dict({"method": "dpo", "model": "m", "data": "d", "out": "o",
+                               "train": {"batch_size": 3, "max_grad_norm": 0.7}})
+    configure_deepspeed(ds, run.train)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_clipping"] == 0.7
+    assert ds.get("offload_optimizer_device", "none") == "none"  # the attack's input gradients stay on the GPU
+    if ds["zero_stage"] == 3:  # loop._run gathers the sharded weights with accelerator.get_state_dict
+        assert ds["zero3_save_16bit_model"] is True
+        from adpo.trainer.loop import logps_chunk
+
+        z3 = SimpleNamespace(distributed_type=SimpleNamespace(name="DEEPSPEED"),
+                             state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+        tiny_model.resize_token_embeddings(40_000)  # a large vocabulary: auto would chunk
+        assert logps_chunk(RunConfig.from_dict({"method": "dpo", "model": "m", "data": "d", "out": "o"}), z3,
+                           tiny_model) == 0

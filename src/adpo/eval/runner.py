@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .config import EvalConfig, transfer_source
 from .judges import Judge, make_judges
 from .report import write_report
 from .results import jbb_artifact, results_json
+from .shard import Shard, batches, merge_parts, recover
 from .store import SampleStore, config_hash
 from .tasks import Data, Subtask, organism_defaults, subtasks
 
@@ -65,14 +67,15 @@ def check_identity(folder: Path, spec: ModelSpec) -> None:
         raise ConfigError(f"{folder} holds an evaluation of {json.dumps(recorded)}; use another --out")
 
 
-def load_model(spec: ModelSpec, dtype: str | None = None, template: str | None = None) -> tuple[Any, Any]:
-    """The model (eval mode, LoRA merged for speed) and its processor, with the prompt template ``template``
-    (None: the one the adapter was trained with, :func:`trained_template`)."""
+def load_model(spec: ModelSpec, dtype: str | None = None, template: str | None = None,
+               device: str | None = None) -> tuple[Any, Any]:
+    """The model (eval mode, LoRA merged for speed) on ``device`` and its processor, with the prompt template
+    ``template`` (None: the one the adapter was trained with, :func:`trained_template`)."""
     from ..data.templates import use_template
     from ..models.adapters import is_adapter, load_adapter, load_base, resolve_run
 
     torch_dtype = getattr(torch, dtype) if dtype else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = None if spec.adapter is None else resolve_run(spec.adapter)
     if path is None or not is_adapter(path):
         model, processor = load_base(path or spec.model, torch_dtype)
@@ -114,15 +117,17 @@ def default_judges(data: Data) -> tuple[str, ...]:
 
 def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, *, data: Data | None = None, machine: str = "",
                    progress: bool = True, log: Callable[[str], None] = print,
-                   judges: list[Judge] | None = None) -> dict[str, Any]:
-    """Evaluate one model into ``out``; resumes from the samples already there."""
-    with output_folder(out, COMMAND, legacy=LEGACY) as folder:
-        return _evaluate_model(spec, cfg, Path(out), folder, data, judges, machine, progress, log)
+                   judges: list[Judge] | None = None, shard: Shard | None = None) -> dict[str, Any]:
+    """Evaluate one model into ``out``; resumes from the samples already there. Under ``accelerate launch``
+    the processes split each subtask's batches (:mod:`adpo.eval.shard`); only the main one returns results."""
+    shard = shard or Shard()
+    with output_folder(out, COMMAND, legacy=LEGACY, writer=shard.main) as folder:
+        return _evaluate_model(spec, cfg, Path(out), folder, data, judges, machine, progress, log, shard)
 
 
 def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output, data: Data | None,
                     judges: list[Judge] | None, machine: str, progress: bool,
-                    log: Callable[[str], None]) -> dict[str, Any]:
+                    log: Callable[[str], None], shard: Shard) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from ..objectives.logps import resolve_chunk
@@ -134,15 +139,18 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
     judges = judges or make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
     subs = subtasks(cfg, data)  # every input row is read (and checked) here
     t0 = time.time()
-    model, processor = load_model(spec, cfg.dtype, cfg.template)
+    model, processor = load_model(spec, cfg.dtype, cfg.template, shard.device)
     folder.begin(**spec.identity())
+    if shard.main:
+        recover(out)
+    shard.barrier()
     status = {j.name: j.status for j in judges}
     for name, st in status.items():
         if st != "ok":
             log(f"judge {name}: {st} (its metrics will be null)")
     primary = next((j for j in judges if j.status == "ok"), judges[0])
     torch.manual_seed(cfg.seed)
-    sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype, cfg.template)[0]
+    sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype, cfg.template, shard.device)[0]
                for label, path in map(transfer_source, cfg.transfer_from)}
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
                     cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size, sources)
@@ -154,19 +162,31 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
     stores: dict[str, SampleStore] = {}
     current: dict[str, list[dict]] = {}
     for sub in subs:
-        store = stores.setdefault(sub.task, SampleStore(out / f"samples_{sub.task}.jsonl"))
+        path = out / f"samples_{sub.task}.jsonl"
+        store = stores.setdefault(sub.task, SampleStore(path))
         chash = config_hash({"params": sub.params, "seed": cfg.seed, "judges": list(status),
                              "gen": target.gen_kwargs, "kind": sub.kind, "rows": [r.source for r in sub.rows]})
-        pending = [r for r in sub.rows if not store.done(sub.name, r.doc_id, chash)]
-        bar = tqdm(total=len(sub.rows), initial=len(sub.rows) - len(pending), desc=f"{spec.label}: {sub.name}",
-                   disable=not progress, leave=False)
-        for s in range(0, len(pending), cfg.batch_size):
-            chunk = pending[s: s + cfg.batch_size]
-            store.append(_records(sub, chunk, sub.run(target, chunk), judges, target, cfg.seed, chash))
+        todo = batches(sub.rows, cfg.batch_size, [store.done(sub.name, r.doc_id, chash) for r in sub.rows])
+        if 0 < len(todo) < shard.size:
+            log(f"warning: {sub.name}: {len(todo)} batch(es) of up to {cfg.batch_size} behaviours for {shard.size} "
+                "processes; lower eval.batch_size to keep every process busy")
+        mine = shard.mine(todo)
+        sink = store if shard.size == 1 else SampleStore(shard.part(path))
+        bar = tqdm(total=sum(map(len, mine)), desc=f"{spec.label}: {sub.name}" + (
+            f" [{shard.rank + 1}/{shard.size}]" if shard.size > 1 else ""), disable=not progress, leave=False)
+        for chunk in mine:
+            sink.append(_records(sub, chunk, sub.run(target, chunk), judges, target, cfg.seed, chash))
             bar.update(len(chunk))
         bar.close()
+        if shard.size > 1:  # every process has written its part: the main one merges them in row order
+            shard.barrier()
+            if shard.main:
+                merge_parts(path, store, {(sub.name, r.doc_id): i for i, r in enumerate(sub.rows)})
+            shard.barrier()
         current[sub.name] = store.current(sub.name, chash, {r.doc_id for r in sub.rows})
     seconds = time.time() - t0
+    if not shard.main:
+        return {}
     res = results_json(spec.label, subs, current, status,
                        {**spec.identity(), "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,
                        _versions())
@@ -239,16 +259,26 @@ def evaluate(specs: list[ModelSpec], cfg: EvalConfig, out: Path, *, progress: bo
     if len(set(labels)) != len(labels):
         raise ConfigError(f"model labels must be unique, got {labels}")
     where = {s.label: out if len(specs) == 1 else out / _safe(s.label) for s in specs}
-    with output_folder(out, COMMAND, legacy=LEGACY) as folder:
-        for spec in specs:
-            check_identity(where[spec.label], spec)
-            check_model(spec)
-        data = Data(cfg, organism_defaults(specs[0].model, out))
-        subtasks(cfg, data)  # read and check every input row before the folder is marked
-        judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
-        folder.begin(models=[s.label for s in specs])
-        results = {s.label: evaluate_model(s, cfg, where[s.label], data=data, machine=machine, progress=progress,
-                                           log=log, judges=judges) for s in specs}
+    shard = Shard.current()
+    log = log if shard.main else (lambda _: None)
+    with ExitStack() as stack:
+        def start() -> tuple[Data, list[Judge]]:
+            folder = stack.enter_context(output_folder(out, COMMAND, legacy=LEGACY, writer=shard.main))
+            for spec in specs:
+                check_identity(where[spec.label], spec)
+                check_model(spec)
+            data = Data(cfg, organism_defaults(specs[0].model, out))
+            subtasks(cfg, data)  # read and check every input row before the folder is marked
+            judges = make_judges(cfg.judges or default_judges(data), cfg.judge_llm, cfg.judge_llm_model)
+            folder.begin(models=[s.label for s in specs])
+            return data, judges
+
+        data, judges = shard.lead(start)  # the main process checks and claims the folder first
+        results = {s.label: evaluate_model(s, cfg, where[s.label], data=data, machine=machine,
+                                           progress=progress and shard.main, log=log, judges=judges, shard=shard)
+                   for s in specs}
+        if not shard.main:
+            return {}
         paths = write_report(out, results)
     log(f"wrote {paths['report']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
     return results

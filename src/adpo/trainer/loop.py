@@ -98,6 +98,32 @@ def logps_chunk(run: RunConfig, acc, model) -> int:
     return chunk
 
 
+def check_engine(acc) -> None:
+    """Refuse a launch that accelerate quietly runs as something else: each of N launched processes
+    training alone (``NO``: N copies of one run writing one folder), or FSDP / DeepSpeed asked for and
+    plain DDP run (accelerate 1.15 enables FSDP only on accelerator devices, so on CPU it runs MULTI_CPU)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and acc.num_processes != launched:
+        raise ConfigError(f"launched as {launched} processes, but accelerate runs each alone "
+                          f"({acc.distributed_type.name}); on a machine without GPUs launch CPU DDP with "
+                          "ACCELERATE_USE_CPU=1 (docs/models.md, 'Scaling out')")
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true") and \
+                acc.distributed_type.name != engine:
+            raise ConfigError(f"the launch config asks for {engine}, but accelerate runs "
+                              f"{acc.distributed_type.name} on {acc.device.type}: {engine} needs GPUs "
+                              "(docs/models.md, 'Scaling out')")
+
+
+def configure_deepspeed(ds: dict[str, Any], cfg) -> None:
+    """What DeepSpeed would otherwise take from elsewhere than ``train``: the micro-batch (no dataloader is
+    prepared, so it cannot infer it) and the clipping norm (DeepSpeed clips inside its engine with its own
+    config's value and ``clip_grad_norm_`` returns None; a config without one, like zero3.yaml, would not
+    clip at all)."""
+    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds["gradient_clipping"] = cfg.max_grad_norm
+
+
 def check_pairs(pairs: list[PairRow], source: str, allow: bool, log: Callable[[str], None] = print) -> None:
     """Refuse pairs whose chosen and rejected answers are the same text: they teach nothing (the DPO loss is
     log 2 with a zero gradient whatever the model does), and a file of them is a broken export that would
@@ -171,6 +197,7 @@ def setup(run: RunConfig) -> Session:
 
     cfg = run.train
     acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    check_engine(acc)
     set_seed(cfg.seed)
     pairs = load_rows(run.data, "pairs")
     check_pairs(pairs, run.data, cfg.allow_degenerate_pairs, acc.print)
@@ -186,13 +213,13 @@ def setup(run: RunConfig) -> Session:
                                acc.process_index, acc.num_processes, cfg.image_size)
                    if utility_rows and not mixed else None)
     total = total_steps(run, len(pairs), len(utility_rows or ()), acc.num_processes)
-    params = [p for _, p in policy.trainable()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for _, p in policy.trainable()], lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
-    if acc.state.deepspeed_plugin is not None:  # no dataloader is prepared, so DeepSpeed cannot infer it
-        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    if acc.state.deepspeed_plugin is not None:
+        configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, cfg)
     model, optimizer = acc.prepare(policy.model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
     acc.register_for_checkpointing(scheduler)  # restored by save_state/load_state under FSDP/DeepSpeed
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
