@@ -4,9 +4,9 @@ on every instance.
 Usage: python benchmarks/results.py --out runs/results [--organism-seeds 0,1,2] [--seeds 1] [--jobs 2]
        [--skip-runs] [overrides ...]
 Runs ``adpo demo --out OUT/organism-seed<S> --seed S --seeds N`` for every organism seed S (``--jobs`` at a
-time, each process with cores / jobs threads), then ``adpo demo --out OUT --organism-seeds ... --seeds N``,
-which finds every stage cached and writes the instances' summary (OUT/summary.json, OUT/report.md), and
-writes docs/results.md from it. An organism instance is what another machine's last bits give (issue 15):
+time, each process with cores / jobs threads), gathers the instances' summaries as ``adpo demo
+--organism-seeds`` does (OUT/summary.json, OUT/report.md; :mod:`adpo.demo.instances`), and writes
+docs/results.md from it. An organism instance is what another machine's last bits give (issue 15):
 a claim holds only if it holds on each. ``--skip-runs`` only rewrites the document from what OUT holds.
 """
 
@@ -60,24 +60,27 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     recipe = s.get("config", {}).get("train") or {}
     t = recipe.get("train", {})
     seeds = s["seeds"]
+    ev = s.get("config", {}).get("eval", {})
+    pgd = ev.get("pgd_image", {})
     lines = ["# Measured results: the paper's comparison on several organism instances", "",
              f"Regenerate: `{command}` (wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())
              + ").", "",
              f"Machine: {s['machine']}. Organism instances (pre-training seeds) {s['organism_seeds']}, each "
              f"pre-trained from scratch: what another machine's last bits do (issue 15). Training seeds {seeds} "
              "per instance (each retrains every arm and re-runs every attack). Held-out intents/templates: "
-             f"{s.get('config', {}).get('eval', {}).get('limit', 32)} requests per attack, grouped into behaviours "
+             f"{ev.get('limit')} requests per attack, grouped into behaviours "
              "by intent (ASR per behaviour, then across behaviours; [low, high] = Wilson 95% interval, over "
              "instances or seeds the envelope of their intervals); utility and over-refusal on "
-             f"{s.get('config', {}).get('eval', {}).get('benign_limit', 256)} held-out rows each.", "",
+             f"{ev.get('benign_limit', 256)} held-out rows each. Arms: {', '.join(s['arms'])}.", "",
              "Attacks (every arm, adaptive, white-box against the arm itself), each subtask the **strong "
              "suite** (docs/evaluation.md: sign PGD, then Auto-PGD on the target NLL (2 restarts), on the "
              "margin against the refusal and on the first 4 target tokens, signed Adam on a CW margin, each "
              "with twice the steps, then a gradient-free random search and transfer attacks from the base and "
              "DPO arms; a behaviour counts if any attack succeeds at any checkpoint): `pgd-blank` = HarmBench "
-             "MMPGDBlank (grey image, unconstrained, 300 steps); `pgd-image@ε` = L∞ on the behaviour's image "
-             "with random start (100 steps, checkpoints every 10); `latent@x` = residual stream after the "
-             "second-to-last layer, per-token L2 budget x × the median token norm (20 steps); `trigger` = "
+             f"MMPGDBlank (grey image, unconstrained, {pgd.get('blank_steps')} steps); `pgd-image@ε` = L∞ on the "
+             f"behaviour's image with random start ({pgd.get('steps')} steps, checkpoints every "
+             f"{ev.get('check_every')}); `latent@x` = residual stream after the second-to-last layer, per-token "
+             f"L2 budget x × the median token norm ({ev.get('latent', {}).get('steps')} steps); `trigger` = "
              "the world's checkerboard painted at its pre-training amplitudes, no search; `figstep` = "
              "typographic image (the organism cannot read it). † = not converged: the ASR at half the budget "
              "differs by more than 2 points. The organism judge decides.", "",
@@ -116,6 +119,17 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     return doc
 
 
+def gather(out: Path, seeds: list[int], commands: list[str]) -> dict:
+    """The instances' summary (what ``adpo demo --organism-seeds`` writes) from their own summary.json files."""
+    from adpo.demo.instances import instance_dir, markdown, pooled
+    from adpo.utils.io import atomic_text, write_json
+
+    summary = pooled({seed: json.loads((instance_dir(out, seed) / "summary.json").read_text()) for seed in seeds})
+    write_json(out / "summary.json", summary)
+    atomic_text(out / "report.md", "\n".join(markdown(summary, commands)) + "\n")
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -142,13 +156,10 @@ def main() -> int:
             for run in runs:
                 run.result()
         seconds["instances"] = time.time() - t0
-        t0 = time.time()  # every stage is cached now: this only gathers the instances' summary
-        subprocess.run([*demo, "--out", str(args.out), "--organism-seeds", args.organism_seeds, *args.overrides],
-                       check=True, env=env)
-        seconds["summary"] = time.time() - t0
         (args.out / "results_seconds.json").write_text(json.dumps(seconds))
     elif (args.out / "results_seconds.json").is_file():
         seconds = json.loads((args.out / "results_seconds.json").read_text())
+    gather(args.out, seeds, [command])
     print(f"wrote {write_doc(args.out, seconds, command)}")
     return 0
 
