@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.config import ConfigError
+from ..utils.config import ConfigError, option
 from ..utils.errors import MissingInput
 
 AUTO = "auto"  # LoRA targets / full-training parameters discovered from the model (families.ModelInfo)
@@ -40,12 +40,12 @@ class LoraSettings:
     ``target`` / ``full_train``: regexes, or "auto" for the decoder layers' linear layers / the decoder and
     output head of the model at hand."""
 
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target: str = AUTO
-    full_train: str = AUTO
+    enabled: bool = option(True, "train a LoRA adapter; false: full fine-tuning of lora.full_train")
+    r: int = option(8, "LoRA rank")
+    alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
+    dropout: float = option(0.0, "LoRA dropout")
+    target: str = option(AUTO, "modules LoRA wraps: a regex, or auto (every linear layer of the text decoder)")
+    full_train: str = option(AUTO, "parameters full fine-tuning trains: a regex, or auto (decoder + output head)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +97,7 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool = True) -> tuple[nn.Module, Any]:
-    """A transformers image-text model and its processor from a local folder, checked by
+    """A transformers image-text model and its processor from a local folder or hub id, checked by
     :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks).
 
     ``weights=False`` builds the model from its config on the meta device (no memory, no weights read),
@@ -105,8 +105,9 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool 
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .families import UnsupportedModel, inspect_model
+    from .hub import resolve_model
 
-    path = Path(path)
+    path = resolve_model(path)
     if not (path / "config.json").exists():
         raise MissingInput(f"model folder {path} has no config.json (expected a saved transformers model)")
     try:
@@ -134,8 +135,10 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     """A cheap identity of a model folder's weights: each weight file's name and size and 16 evenly spaced
     64 KiB samples of its bytes (header included). A copied or moved base matches; a differently trained
     model of the same shape does not; a 7B folder costs a few MiB of reads, not 14 GB."""
+    from .hub import resolve_model
+
     h = hashlib.sha256()
-    for p in sorted(Path(model_dir).iterdir()):
+    for p in sorted(resolve_model(model_dir).iterdir()):
         if p.suffix not in (".safetensors", ".bin", ".pt", ".pth") or not p.is_file():
             continue
         size = p.stat().st_size
@@ -151,7 +154,9 @@ def architecture(model_dir: str | Path) -> str:
     """``llava (text: 2 layers x 32, vocab 512)``: what an adapter's tensors must fit (read from config.json)."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_dir)
+    from .hub import resolve_model
+
+    cfg = AutoConfig.from_pretrained(resolve_model(model_dir))
     text = cfg.get_text_config()
     return (f"{cfg.model_type} (text: {text.num_hidden_layers} layers x {text.hidden_size}, "
             f"vocab {text.vocab_size})")
