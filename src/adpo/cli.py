@@ -175,6 +175,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``adpo export``: a merged model folder with its model card (optionally pushed to the hub)."""
+    import json
+
+    from .eval.results import card_rows
+    from .models.adapters import export_merged
+    from .models.hub import check_push, push
+
+    check_push(args.push_to_hub)
+    table = None
+    if args.results:
+        try:
+            table = card_rows(json.loads(Path(args.results).read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"--results {args.results}: not an adpo eval results.json ({e})") from e
+    out = export_merged(args.model, args.adapter, args.out, table)
+    log.info(f"wrote {out} (merged safetensors, processor, README.md model card)")
+    if args.push_to_hub:
+        log.info(f"pushed {out} to {push(out, args.push_to_hub)}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """The resolved configuration as YAML, every default filled in: a starting point for ``--config``."""
     if args.eval:
@@ -320,6 +342,17 @@ def make_parser() -> argparse.ArgumentParser:
     _verbosity(sp)
     sp.set_defaults(func=cmd_train)
     _train_flags(sp)
+
+    sp = sub.add_parser("export", help="merge a trained adapter into its base: a plain transformers folder "
+                                       "(safetensors) with a model card, for serving and evaluation tools")
+    sp.add_argument("--model", required=True, help="the base model (folder or hub id) the adapter was trained on")
+    sp.add_argument("--adapter", required=True, help="peft adapter or adpo run folder")
+    sp.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    sp.add_argument("--results", default=None, help="an adpo eval results.json for the card's evaluation table")
+    sp.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO_ID",
+                    help="upload the folder to this hub repo (needs the network and a token; off by default)")
+    _verbosity(sp)
+    sp.set_defaults(func=cmd_merge)
 
     sp = sub.add_parser("config", help="print a training (or evaluation) configuration with every default, as "
                                        "YAML for --config", allow_abbrev=False)

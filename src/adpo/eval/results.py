@@ -290,3 +290,14 @@ def jbb_artifact(label: str, subtask: Any, records: Sequence[dict], primary: str
              "jailbroken": b}
             for r, b, q in zip(records, broken, queries)],
     }
+
+
+def card_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """A results.json as model-card rows: per subtask, the primary judge's ASR, the margin, the accuracy."""
+    primary = primary_judge(res)
+    rows = []
+    for name, r in res["results"].items():
+        acc = next((v for k, v in r.items() if k.startswith("accuracy,")), None)
+        rows.append({"subtask": name, f"ASR ({primary})": r.get(f"asr,{primary}"), "margin": r.get("margin,none"),
+                     "accuracy": acc, "n": r.get("n_behaviours,none")})
+    return rows

@@ -302,7 +302,8 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
 def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None,
                  state_dict: dict[str, torch.Tensor] | None = None, base: str | Path | None = None) -> Path:
     """Write the policy as a plain peft adapter (``out/adapter``) or a full model (``out/model``), with the
-    processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly. An adapter records
+    processor and, for a run (``extra["config"]``), its model card (README.md), so
+    ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly. An adapter records
     its ``base`` folder (:func:`base_record`), so it is never applied to another one."""
     from ..utils.io import atomic_dir
 
@@ -317,4 +318,38 @@ def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any
             policy.model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
         (tmp / TRAIN_RECORD).write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
+        if (extra or {}).get("config"):
+            from .card import eval_rows, model_card
+
+            (tmp / "README.md").write_text(model_card(extra, eval_rows(extra.get("eval") or {})))
     return target
+
+
+EXPORT_RECORD = "adpo_export.json"  # beside a merged export: its base and adapter
+
+
+def export_merged(base: str | Path, adapter: str | Path, out: str | Path,
+                  table: list[dict[str, Any]] | None = None) -> Path:
+    """The adapter (or run folder) merged into its base, saved as a plain transformers folder (safetensors,
+    processor, model card) that ``AutoModelForImageTextToText.from_pretrained`` loads with no peft: what
+    serving and evaluation tools take. ``out`` must be new, empty or an earlier export (never overwritten
+    otherwise); ``table``: evaluation rows for the card."""
+    from ..utils.io import atomic_dir
+    from .card import model_card
+
+    path = resolve_run(adapter)
+    if not is_adapter(path):
+        raise ConfigError(f"{adapter} is a full model already (no adapter to merge); use it as it is")
+    model, processor = load_base(base)
+    merged = load_adapter(model, path, base).merge_and_unload()
+    try:
+        record = json.loads((path / TRAIN_RECORD).read_text())
+    except (OSError, ValueError):
+        record = {"config": {"model": str(base)}}
+    with atomic_dir(Path(out), own=(EXPORT_RECORD,)) as tmp:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card({**record, "name": Path(out).name}, table or [], merged=True))
+        (tmp / EXPORT_RECORD).write_text(json.dumps({"base": base_record(base), "adapter": str(path)}, indent=2)
+                                         + "\n")
+    return Path(out)

@@ -14,7 +14,7 @@ adpo       DPO          yes                   the AT model (``--reference``)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..models.adapters import LoraSettings
@@ -148,10 +148,11 @@ class RunConfig:
     reference: str | None = option(None, "the AT run (or adapter) of ar-dpo / adpo: reference and initial policy")
     init: str | None = option(None, "adapter the policy starts from (e.g. an SFT run)")
     eval_data: str | None = option(None, "held-out preference pairs scored every train.eval_every steps")
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    # every sectioned threat's settings, by registry name (image, latent): its training_defaults + the config
-    threats: dict[str, Threat] = field(default_factory=lambda: registry.training_sections({}))
+    train: TrainConfig = option(factory=TrainConfig, help="the loop, the preference loss, the adversary's use")
+    lora: LoraSettings = option(factory=LoraSettings, help="the adapter (peft)")
+    threats: dict[str, Threat] = option(factory=lambda: registry.training_sections({}),
+                                        help="every sectioned threat's settings, by registry name (image, latent): "
+                                             "its training_defaults under the config's section")
 
     @property
     def spec(self) -> Method:

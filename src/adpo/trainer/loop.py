@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,7 @@ class Session:
     ctx: StepContext
     total: int
     held_out: list  # BatchStreams of the held-out pairs (evaluation.held_out); [] without train.eval_every
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics (for the model card)
 
     def step(self, step: int, log: bool) -> dict[str, float]:
         """Optimizer step ``step`` (0-based): ``grad_accum`` micro-batches, clip, update, schedule."""
@@ -288,7 +289,8 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
     # sharded engines gather the full weights collectively (every rank), then the main process writes
     state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
     if acc.is_main_process:
-        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()},
+        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict(),
+                                                                          "eval": s.last_eval},
                                             state_dict=state, base=run.model))
         log.close()
         summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
@@ -300,7 +302,7 @@ def _evaluate(s: Session, step: int, log: MetricsLog | None) -> None:
     """Score the held-out pairs (every rank the same pairs), log ``eval/*``, keep the best adapter."""
     import json
 
-    metrics = evaluate(s.ctx, s.held_out, step)
+    metrics = s.last_eval = evaluate(s.ctx, s.held_out, step)
     if log is not None:
         log.write(step, metrics)
     if s.acc.is_main_process:
