@@ -56,3 +56,11 @@ def test_push_to_hub_offline_is_refused_before_any_work(tmp_path, monkeypatch, c
     assert main(["train", "--method", "dpo", "--model", "m", "--data", "d", "--out", str(out),
                  "--push-to-hub", "me/adpo-run"]) == 2
     assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err and not out.exists()
+
+
+def test_hub_dataset_name_offline_is_one_line(monkeypatch):
+    from adpo.data.formats import DataError, load_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="nobody-here/no-such-data: .*HF_HUB_OFFLINE=1 forbids"):
+        load_rows("nobody-here/no-such-data", "pairs")

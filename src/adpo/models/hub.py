@@ -9,20 +9,15 @@ with it set, a hub id that is not cached is one line saying so.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from ..utils.config import ConfigError
 from ..utils.errors import MissingInput
+from ..utils.offline import offline
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells repo ids
 PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]  # weights + processor, no code
-
-
-def offline() -> bool:
-    """Whether downloads are switched off (``HF_HUB_OFFLINE``, read now rather than at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def resolve_model(name: str | Path) -> Path:
