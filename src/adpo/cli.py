@@ -1,8 +1,10 @@
-"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval``, ``adpo demo`` and
-``adpo inspect``.
+"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval``, ``adpo demo``,
+``adpo inspect``, ``adpo export`` (a merged model with its card) and ``adpo config`` (every option as YAML).
 
 Every command prints its resolved configuration first; options come from an optional YAML file
-(``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
+(``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``;
+``train`` and ``eval`` also take every option as a flag (``--train.lr``, TRL's ``--learning_rate``:
+:mod:`adpo.utils.flags`). Messages go through the ``adpo`` logger (``--quiet`` / ``--verbose``).
 A problem the user can fix (:class:`adpo.utils.errors.UserError`: a bad option, row, image or model folder,
 an occupied output folder, a full disk) is one ``adpo: error: …`` line and exit status 2; a traceback
 means a bug in adpo.
