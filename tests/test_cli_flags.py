@@ -111,3 +111,10 @@ def test_quiet_hides_info_and_progress():
     setup_logging(_args("eval", "--model", "m", "--out", "o", "-v"))
     assert log.isEnabledFor(10)
     setup_logging(_args("eval", "--model", "m", "--out", "o"))
+
+
+def test_bare_boolean_flag_before_an_override_is_refused_not_truthy(capsys):
+    assert _args("train", "--train.keep_best", "--max_steps", "2").__dict__["override:train.keep_best"] == "true"
+    with pytest.raises(SystemExit):
+        _args("train", "--train.keep_best", "train.steps=3")
+    assert "expected one of true/false" in capsys.readouterr().err

@@ -256,16 +256,29 @@ def test_results_follow_lmms_eval_layout(run):
     assert all(len(h) == 64 for h in on_disk["task_hashes"].values())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval not installed (its deps pull "
-                    "torchvision and 80 more packages; see tests/eval/test_runner.py)")
+@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval not installed (its full install "
+                    "pulls torchvision and 80 more packages; its writer needs only `pip install --no-deps "
+                    "lmms-eval==0.7.3 pytz loguru`)")
 def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path):
     from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
 
+    from adpo.eval.results import doc_hash
+
     out, res = run
+    samples = {}  # each subtask's current records in doc order, as lmms-eval's samples with their doc_hash
+    for task in {c["task"] for c in res["configs"].values()}:
+        for line in (out / f"samples_{task}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            samples.setdefault(r["subtask"], {})[r["doc_id"]] = {"doc_hash": doc_hash(r)}
     tracker = EvaluationTracker(output_path=str(tmp_path))
     tracker.general_config_tracker.model_name = res["model_name"]
     tracker.general_config_tracker.model_name_sanitized = res["model_name_sanitized"]
-    tracker.save_results_aggregated(dict(res), {}, res["date_id"])
+    theirs_in = {k: v for k, v in res.items() if k != "task_hashes"}
+    tracker.save_results_aggregated(theirs_in, {k: [v[d] for d in sorted(v)] for k, v in samples.items()},
+                                    res["date_id"])
     (theirs,) = (tmp_path / res["model_name_sanitized"]).glob("*_results.json")
     (ours,) = (out / res["model_name_sanitized"]).glob("*_results.json")
-    assert theirs.name == ours.name
+    assert theirs.name == ours.name  # the same folder and file name
+    written = json.loads(theirs.read_text())
+    assert written["task_hashes"] == res["task_hashes"]  # their hash of our samples is ours
+    assert set(json.loads(ours.read_text())) >= set(res)

@@ -228,21 +228,24 @@ def sanitized(label: str) -> str:
     return re.sub(r"[\"<>:/\|\\?\*\[\]]+", "__", "/".join(label.split("/")[-2:]))
 
 
-def task_hashes(records: dict[str, list[dict]], subtasks: Sequence[Any]) -> dict[str, str]:
-    """lmms-eval's ``task_hashes``: per task, sha256 of ``"sample_<i>" + doc_hash`` over its samples, where a
-    doc's hash covers what was asked (source row, prompt, image)."""
+def _sha(text: str) -> str:
     import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def doc_hash(record: dict) -> str:
+    """lmms-eval's per-sample ``doc_hash``: here the hash of what was asked (source row, prompt, image)."""
     import json
 
-    def sha(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _sha(json.dumps({k: record.get(k) for k in ("source", "prompt", "image_sha256")}, sort_keys=True))
 
-    out = {}
-    for s in subtasks:
-        docs = [sha(json.dumps({k: r.get(k) for k in ("source", "prompt", "image_sha256")}, sort_keys=True))
-                for r in records[s.name]]
-        out[s.name] = sha("".join(f"sample_{i}{h}" for i, h in enumerate(docs)))
-    return out
+
+def task_hashes(records: dict[str, list[dict]], subtasks: Sequence[Any]) -> dict[str, str]:
+    """lmms-eval's ``task_hashes``: per task, sha256 of ``"sample_<i>" + doc_hash`` over its samples in order
+    (as ``EvaluationTracker.save_results_aggregated`` computes it)."""
+    return {s.name: _sha("".join(f"sample_{i}{doc_hash(r)}" for i, r in enumerate(records[s.name])))
+            for s in subtasks}
 
 
 def _check_value(metric: str, v: Any) -> str | None:

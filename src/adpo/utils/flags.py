@@ -18,6 +18,16 @@ from typing import Any
 from .config import help_of
 
 PREFIX = "override:"  # argparse dest of a generated flag: PREFIX + "section.key"
+BOOLS = ("true", "false", "1", "0", "yes", "no", "on", "off")
+
+
+def boolean(text: str) -> str:
+    """A boolean flag's optional value (``--train.keep_best`` alone means true); anything else, e.g. an override
+    that followed the bare flag, is an argparse error rather than a silently truthy string."""
+    if text.lower() not in BOOLS:
+        raise argparse.ArgumentTypeError(f"expected one of {'/'.join(BOOLS)}, got {text!r} (write "
+                                         "--flag true before key=value overrides)")
+    return text.lower()
 
 
 def _default(f: dataclasses.Field, defaults: Mapping[str, Any]) -> Any:
@@ -49,8 +59,8 @@ def add_section(parser: argparse.ArgumentParser, cls: type, section: str | None,
         flags = [f"--{key}", *(f"--{a}" for a in (aliases or {}).get(f.name, ()))]
         default = _default(f, defaults or {})
         text = help_of(f) or "(see the section's docs)"
-        boolean = isinstance(default, bool)
-        kw: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "BOOL"} if boolean else {
+        is_bool = isinstance(default, bool)
+        kw: dict[str, Any] = {"nargs": "?", "const": "true", "metavar": "BOOL", "type": boolean} if is_bool else {
             "metavar": type(default).__name__.upper() if default is not None and not isinstance(default, tuple)
             else "VALUE"}
         group.add_argument(*flags, dest=PREFIX + key, default=argparse.SUPPRESS,
