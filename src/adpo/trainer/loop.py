@@ -200,7 +200,7 @@ def setup(run: RunConfig) -> Session:
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
                       acc.autocast, logps_chunk(run, acc, policy.model))
     info = inspect_model(policy.model, warn=False)
-    acc.print(f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
+    _say(acc, f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
               f"vocab {info.vocab_size}, {type(ctx.codec).__name__}; log-probs "
               + (f"in chunks of {ctx.chunk} tokens" if ctx.chunk else "from full logits"))
     model.train()
@@ -251,9 +251,9 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
         point = resume_point(out, resume)
         if point is not None:
             start = checkpoint.load(point, acc, s.model, s.optimizer, s.scheduler)
-            acc.print(f"resumed from {point} (step {start} of {total})")
+            _say(acc, f"resumed from {point} (step {start} of {total})")
         else:
-            acc.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+            _say(acc, f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
     if log is not None and start:
         log.truncate(start)
     elif log is not None:
@@ -305,8 +305,7 @@ def _evaluate(s: Session, step: int, log: MetricsLog | None) -> None:
     metrics = s.last_eval = evaluate(s.ctx, s.held_out, step)
     if log is not None:
         log.write(step, metrics)
-    if s.acc.is_main_process:
-        logging.getLogger("adpo").info(f"step {step}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+    _say(s.acc, f"step {step}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
     if not s.run.train.keep_best or BEST_METRIC not in metrics:
         return
     out = Path(s.run.out)
@@ -324,6 +323,12 @@ def _evaluate(s: Session, step: int, log: MetricsLog | None) -> None:
                      state_dict=state, base=s.run.model)
         write_json(record, {"step": step, **metrics})
     s.acc.wait_for_everyone()
+
+
+def _say(acc, message: str) -> None:
+    """An informational line from the main process, through the ``adpo`` logger (``--quiet`` hides it)."""
+    if acc.is_main_process:
+        logging.getLogger("adpo").info(message)
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
