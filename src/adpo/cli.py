@@ -1,8 +1,10 @@
-"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval``, ``adpo demo`` and
-``adpo inspect``.
+"""Command line: ``adpo organism pretrain|export``, ``adpo train``, ``adpo eval``, ``adpo demo``,
+``adpo inspect``, ``adpo export`` (a merged model with its card) and ``adpo config`` (every option as YAML).
 
 Every command prints its resolved configuration first; options come from an optional YAML file
-(``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``.
+(``--config``) and ``section.key=value`` overrides, e.g. ``adpo organism pretrain --out o pretrain.steps=200``;
+``train`` and ``eval`` also take every option as a flag (``--train.lr``, TRL's ``--learning_rate``:
+:mod:`adpo.utils.flags`). Messages go through the ``adpo`` logger (``--quiet`` / ``--verbose``).
 A problem the user can fix (:class:`adpo.utils.errors.UserError`: a bad option, row, image or model folder,
 an occupied output folder, a full disk) is one ``adpo: error: …`` line and exit status 2; a traceback
 means a bug in adpo.
@@ -11,6 +13,7 @@ means a bug in adpo.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -18,8 +21,11 @@ from typing import Any
 
 import yaml
 
-from .utils.config import ConfigError, apply_overrides, build, load_yaml
+from .utils import flags
+from .utils.config import ConfigError, apply_overrides, build, help_of, load_yaml
 from .utils.errors import UserError
+
+log = logging.getLogger("adpo")
 
 
 def _organism_configs(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
@@ -39,8 +45,8 @@ def _organism_configs(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> 
 
 
 def _print_config(title: str, sections: dict[str, Any]) -> None:
-    print(f"# {title}: resolved configuration")
-    print(yaml.safe_dump({k: v.to_dict() for k, v in sections.items()}, sort_keys=False).rstrip())
+    log.info(f"# {title}: resolved configuration")
+    log.info(yaml.safe_dump({k: v.to_dict() for k, v in sections.items()}, sort_keys=False).rstrip())
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -61,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _print_config("adpo organism export", {"world": world, "export": sizes})
     files = export(args.out, world, sizes)
     for name, desc in files.items():
-        print(f"  {name}: {desc}")
+        log.info(f"  {name}: {desc}")
     return 0
 
 
@@ -87,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.seed = seed
         world, model, train = _organism_configs(args, extra=DEMO_KEYS)
         _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
-        print(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
+        log.info(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
                               "train (every arm)": demo.train,
                               "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
 
@@ -96,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _print_metrics(metrics)
             return metrics
         return run_demo(folder, folder / "organism", base, demo, list(range(args.seeds)), _machine(), [cmd],
-                        progress=not args.no_progress)
+                        progress=args.progress)
 
     if organism_seeds:
         from .demo.instances import run_instances
@@ -104,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_instances(out, organism_seeds, one, [cmd])
     else:
         one(args.seed, out)
-    print(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
+    log.info(f"wrote {out / 'summary.json'} and {out / 'report.md'}")
     return 0
 
 
@@ -130,26 +136,82 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+TOP_KEYS = ("method", "model", "data", "utility_data", "reference", "init", "out", "eval_data")
+
+
+def _run_config(args: argparse.Namespace, complete: bool = True) -> Any:
+    """The training run the config file, the overrides and the flags describe (flags win)."""
     from .trainer.config import RunConfig
+
+    raw = apply_overrides(load_yaml(args.config), list(args.overrides) + flags.overrides(args))
+    for key in TOP_KEYS:
+        if getattr(args, key, None) is not None:
+            raw[key] = getattr(args, key)
+    return RunConfig.from_dict(raw, complete=complete)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models.hub import check_push
     from .trainer.loop import train
 
-    raw = apply_overrides(load_yaml(args.config), args.overrides)
-    for key in ("method", "model", "data", "utility_data", "reference", "init", "out"):
-        if getattr(args, key) is not None:
-            raw[key] = getattr(args, key)
-    run = RunConfig.from_dict(raw)
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides, args.resume = [*args.overrides, args.resume], True  # an override after the bare flag
+    run = _run_config(args)
+    check_push(args.push_to_hub)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, print once
     if main_rank:
-        print(f"# adpo train --method {run.method}: resolved configuration")
-        print(yaml.safe_dump(run.to_dict(), sort_keys=False).rstrip())
-        print(f"  (utility weight in effect: {run.utility_weight:g}; threat: {run.train.threat}, "
-              f"adversarial policy: {run.spec.adversarial}, reference: {run.spec.reference})")
-    summary = train(run, resume=args.resume, progress=not args.no_progress)
+        log.info(f"# adpo train --method {run.method}: resolved configuration")
+        log.info(yaml.safe_dump(run.to_dict(), sort_keys=False).rstrip())
+        log.info(f"  (utility weight in effect: {run.utility_weight:g}; threat: {run.train.threat}, "
+                 f"adversarial policy: {run.spec.adversarial}, reference: {run.spec.reference})")
+    resume = args.resume if args.resume in (None, True) else Path(args.resume)
+    summary = train(run, resume=resume or False, progress=args.progress)
     if main_rank:
-        print(f"done: {summary['steps']} steps in {summary['seconds']:.1f}s "
-              f"({summary['processes']} process(es), {summary['distributed_type']}); wrote {summary['saved']}, "
-              f"{run.out}/metrics.jsonl, {run.out}/config.yaml, {summary['plot']}")
+        log.info(f"done: {summary['steps']} steps in {summary['seconds']:.1f}s "
+                 f"({summary['processes']} process(es), {summary['distributed_type']}); wrote {summary['saved']}, "
+                 f"{run.out}/metrics.jsonl, {run.out}/config.yaml, {summary['plot']}")
+        if args.push_to_hub:
+            from .models.hub import push
+
+            log.info(f"pushed {summary['saved']} to {push(summary['saved'], args.push_to_hub)}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """``adpo export``: a merged model folder with its model card (optionally pushed to the hub)."""
+    import json
+
+    from .eval.results import card_rows
+    from .models.adapters import export_merged
+    from .models.hub import check_push, push
+
+    check_push(args.push_to_hub)
+    table = None
+    if args.results:
+        try:
+            table = card_rows(json.loads(Path(args.results).read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"--results {args.results}: not an adpo eval results.json ({e})") from e
+    out = export_merged(args.model, args.adapter, args.out, table)
+    log.info(f"wrote {out} (merged safetensors, processor, README.md model card)")
+    if args.push_to_hub:
+        log.info(f"pushed {out} to {push(out, args.push_to_hub)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved configuration as YAML, every default filled in: a starting point for ``--config``."""
+    if args.eval:
+        from .eval.config import EvalConfig
+
+        raw = apply_overrides(load_yaml(args.config), list(args.overrides))
+        print(yaml.safe_dump(EvalConfig.from_dict(raw).to_dict(), sort_keys=False).rstrip())
+        return 0
+    args.method = args.method or "adpo"
+    run = _run_config(args, complete=False)
+    print(f"# adpo train --method {run.method}: every option with its default (utility weight in effect: "
+          f"{run.utility_weight:g}); fill in model, data, out{', reference' if run.spec.reference == 'at' else ''}")
+    print(yaml.safe_dump(run.to_dict(), sort_keys=False).rstrip())
     return 0
 
 
@@ -157,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.config import EvalConfig
     from .eval.runner import ModelSpec, evaluate
 
-    raw = apply_overrides(load_yaml(args.config), args.overrides)
+    raw = apply_overrides(load_yaml(args.config), list(args.overrides) + flags.overrides(args))
     if args.tasks:
         raw["tasks"] = args.tasks
     if args.judges:
@@ -175,9 +237,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not sep or not label:
                 raise ConfigError(f"--compare {item!r}: expected LABEL=PATH (PATH: adapter, run folder, or 'base')")
             specs.append(ModelSpec(label, args.model, None if path in ("", "base") else path))
-    print("# adpo eval: resolved configuration")
-    print(yaml.safe_dump({"models": [vars(s) for s in specs], **cfg.to_dict()}, sort_keys=False).rstrip())
-    evaluate(specs, cfg, Path(args.out), progress=not args.no_progress, machine=_machine())
+    log.info("# adpo eval: resolved configuration")
+    log.info(yaml.safe_dump({"models": [vars(s) for s in specs], **cfg.to_dict()}, sort_keys=False).rstrip())
+    evaluate(specs, cfg, Path(args.out), progress=args.progress, machine=_machine(), log=log.info)
     return 0
 
 
@@ -196,14 +258,14 @@ def _print_metrics(m: dict[str, Any]) -> None:
             ("compliance, harm + image trigger (held-out)", "compliance_rate_image_harm"),
             ("refusal, text harm, ordinary images (held-out)", "refusal_rate_text_harm"),
             ("over-refusal, benign look-alikes (held-out)", "over_refusal_rate")]
-    print("\norganism base model")
+    log.info("\norganism base model")
     for label, key in rows:
         if key is None:
             parts = [m.get(f"utility_accuracy_{q}", float("nan")) for q in ("colour", "shape", "count", "position")]
-            print(f"  {label:<48} " + " / ".join(f"{p:.2f}" for p in parts))
+            log.info(f"  {label:<48} " + " / ".join(f"{p:.2f}" for p in parts))
         else:
-            print(f"  {label:<48} {m[key]:.3f}")
-    print(f"  {'seconds (train + eval)':<48} {m['seconds']:.0f}\n")
+            log.info(f"  {label:<48} {m[key]:.3f}")
+    log.info(f"  {'seconds (train + eval)':<48} {m['seconds']:.0f}\n")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -235,11 +297,15 @@ def make_parser() -> argparse.ArgumentParser:
                     help="one whole demo per organism instance (world + pre-training seed S) into "
                          "OUT/organism-seed<S>/, then the table over instances in OUT (what another machine's "
                          "organism does to the result)")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _verbosity(sp)
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("eval", help="jailbreak attacks, judges, utility and over-refusal; results.json + report")
-    sp.add_argument("--model", required=True, help="model folder (the base when --adapter/--compare are used)")
+    sp = sub.add_parser("eval", help="jailbreak attacks, judges, utility and over-refusal; results.json + report",
+                        description="Every option is a flag (--limit 32, --pgd_image.steps 200) or a key=value "
+                                    "override (limit=32 pgd_image.steps=200); its default is shown.",
+                        allow_abbrev=False)
+    sp.add_argument("--model", required=True, help="model folder or hub id (the base when --adapter/--compare "
+                                                   "are used)")
     sp.add_argument("--adapter", default=None, help="peft adapter or adpo run folder to evaluate on --model")
     sp.add_argument("--compare", nargs="+", default=None, metavar="LABEL=PATH",
                     help="several models side by side: adapters / run folders on --model, or 'base'")
@@ -249,35 +315,141 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default=None, help="harmful behaviours (preference pairs; target = rejected)")
     sp.add_argument("--out", required=True, help="run folder (resumes from the samples already there)")
     sp.add_argument("--config", default=None, help="YAML with top-level options and task sections")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. pgd_image.steps=200 limit=32")
+    _verbosity(sp)
     sp.set_defaults(func=cmd_eval)
+    _eval_flags(sp)
 
     sp = sub.add_parser("inspect", help="what adpo discovers from a model folder (layers, LoRA targets, codec, "
                                         "chat template), or what it lacks")
     sp.add_argument("--model", required=True, help="model folder (transformers format)")
     sp.set_defaults(func=cmd_inspect)
 
-    from .trainer.config import METHODS
 
-    sp = sub.add_parser("train", help="train one method (sft, dpo, at, ar-dpo, at-dpo, adpo) on accelerate")
-    sp.add_argument("--method", choices=list(METHODS), default=None)
-    sp.add_argument("--model", default=None, help="base model folder (transformers format)")
-    sp.add_argument("--data", default=None, help="preference pairs: .jsonl/.json/.parquet, datasets folder or hub name")
-    sp.add_argument("--utility-data", dest="utility_data", default=None, help="SFT rows for the utility term")
-    sp.add_argument("--reference", default=None, help="AT run (or adapter) for ar-dpo / adpo: reference and init")
-    sp.add_argument("--init", default=None, help="adapter the policy starts from (e.g. an SFT run)")
-    sp.add_argument("--out", default=None, help="output folder")
+    sp = sub.add_parser("train", help="train one method (sft, dpo, at, ar-dpo, at-dpo, adpo) on accelerate",
+                        description="Every option is a flag (--train.lr 1e-4, or TRL's --learning_rate 1e-4) or a "
+                                    "section.key=value override (train.lr=1e-4); its default is shown. "
+                                    "`adpo config --method M` prints them all as YAML.",
+                        allow_abbrev=False)
+    _run_flags(sp)
     sp.add_argument("--config", default=None, help="YAML: top-level keys and sections train/lora/image/latent")
-    sp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--resume", action="store_const", const=True, default=None,
+                    help="continue from the latest checkpoint in --out")
+    sp.add_argument("--resume_from_checkpoint", dest="resume", nargs="?", const=True, metavar="CHECKPOINT",
+                    help="TRL's name: --resume, or continue from the given OUT/checkpoints/step-N folder")
+    sp.add_argument("--push-to-hub", "--hub_model_id", dest="push_to_hub", default=None, metavar="REPO_ID",
+                    help="after training, upload the adapter (with its model card) to this hub repo "
+                         "(needs the network and a token; off by default)")
     sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=50 image.steps=5")
+    _verbosity(sp)
     sp.set_defaults(func=cmd_train)
+    _train_flags(sp)
+
+    sp = sub.add_parser("export", help="merge a trained adapter into its base: a plain transformers folder "
+                                       "(safetensors) with a model card, for serving and evaluation tools")
+    sp.add_argument("--model", required=True, help="the base model (folder or hub id) the adapter was trained on")
+    sp.add_argument("--adapter", required=True, help="peft adapter or adpo run folder")
+    sp.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export)")
+    sp.add_argument("--results", default=None, help="an adpo eval results.json for the card's evaluation table")
+    sp.add_argument("--push-to-hub", dest="push_to_hub", default=None, metavar="REPO_ID",
+                    help="upload the folder to this hub repo (needs the network and a token; off by default)")
+    _verbosity(sp)
+    sp.set_defaults(func=cmd_merge)
+
+    sp = sub.add_parser("config", help="print a training (or evaluation) configuration with every default, as "
+                                       "YAML for --config", allow_abbrev=False)
+    _run_flags(sp)
+    sp.add_argument("--eval", action="store_true", help="the evaluation configuration instead")
+    sp.add_argument("--config", default=None, help="a YAML file to resolve")
+    sp.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    sp.set_defaults(func=cmd_config)
+    _train_flags(sp)
     return p
 
 
+# TRL / transformers TrainingArguments names of our fields (a user's DPOConfig flags work unchanged)
+TRL_TRAIN = {"lr": ["learning_rate"], "beta": ["beta"], "batch_size": ["per_device_train_batch_size"],
+             "grad_accum": ["gradient_accumulation_steps"], "epochs": ["num_train_epochs"], "steps": ["max_steps"],
+             "seed": ["seed"], "warmup_ratio": ["warmup_ratio"], "weight_decay": ["weight_decay"],
+             "max_grad_norm": ["max_grad_norm"], "scheduler": ["lr_scheduler_type"], "loss_type": ["loss_type"],
+             "label_smoothing": ["label_smoothing"], "rpo_alpha": ["rpo_alpha"], "log_every": ["logging_steps"],
+             "save_every": ["save_steps"], "keep_checkpoints": ["save_total_limit"], "report_to": ["report_to"],
+             "max_length": ["max_length"], "gradient_checkpointing": ["gradient_checkpointing"],
+             "eval_every": ["eval_steps"]}
+TRL_LORA = {"enabled": ["use_peft"], "r": ["lora_r"], "alpha": ["lora_alpha"], "dropout": ["lora_dropout"],
+            "target": ["lora_target_modules"]}
+
+
+TRL_TOP = {"model": ["model_name_or_path"], "data": ["dataset_name"], "eval_data": ["eval_dataset"],
+           "out": ["output_dir"]}
+
+
+def _run_flags(sp: argparse.ArgumentParser) -> None:
+    """The run's top-level keys (--method, --model …), help from :class:`~adpo.trainer.config.RunConfig`."""
+    import dataclasses
+
+    from .trainer.config import METHODS, RunConfig
+
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("train", "lora", "threats"):
+            continue
+        names = [f"--{f.name.replace('_', '-')}", *(f"--{a}" for a in TRL_TOP.get(f.name, ()))]
+        sp.add_argument(*names, dest=f.name, default=None, help=help_of(f),
+                        **({"choices": list(METHODS)} if f.name == "method" else {}))
+
+
+def _train_flags(sp: argparse.ArgumentParser) -> None:
+    """A flag per training option, grouped by section, with TRL's names as aliases."""
+    from .models.adapters import LoraSettings
+    from .threats import registry
+    from .trainer.config import TrainConfig
+
+    flags.add_section(sp, TrainConfig, "train", "train: the loop, the preference loss, the adversary's use",
+                      aliases=TRL_TRAIN)
+    flags.add_section(sp, LoraSettings, "lora", "lora: the adapter (peft)", aliases=TRL_LORA)
+    for name in registry.sectioned():
+        cls = registry.THREATS[name]
+        flags.add_section(sp, cls, name, f"{name}: the training adversary's {name} threat (its training defaults)",
+                          defaults=cls.training_defaults)
+
+
+def _eval_flags(sp: argparse.ArgumentParser) -> None:
+    from .eval.config import EvalConfig
+
+    flags.add_section(sp, EvalConfig, None, "evaluation options", skip=("tasks", "judges", *EvalConfig.SECTIONS))
+    for name, cls in EvalConfig.SECTIONS.items():
+        flags.add_section(sp, cls, name, f"{name}: " + help_of(EvalConfig.__dataclass_fields__[name]))
+
+
+def _verbosity(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    sp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no progress bars)")
+    sp.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
+class _Console(logging.Handler):
+    """Messages to the *current* stdout (warnings and errors to stderr), as the plain text they are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """``adpo``'s logger: info by default, warnings only with --quiet (which also hides progress bars),
+    debug with --verbose. Libraries keep their own levels."""
+    level = (logging.WARNING if getattr(args, "quiet", False) else
+             logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    if not any(isinstance(h, _Console) for h in log.handlers):
+        log.addHandler(_Console())
+    log.setLevel(level)
+    log.propagate = False
+    if getattr(args, "quiet", False):
+        args.progress = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # offline is the tests', the demo's and CI's choice (they set HF_HUB_OFFLINE=1), not the CLI's: a hub id
+    # downloads when the network is there (adpo.models.hub)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from .models.families import UnsupportedModel
 
@@ -289,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(x for x in extra if x not in late)}")
     if late:
         args.overrides = list(args.overrides) + late
+    setup_logging(args)
     try:
         return args.func(args)
     # UnsupportedModel is a TypeError; OS errors about the user's paths come from libraries too

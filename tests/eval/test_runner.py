@@ -4,7 +4,9 @@ and latent perturbations reach the same tokens in generation as in the attack.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 
 import pytest
 import torch
@@ -132,7 +134,7 @@ class FirstWord:
                 zip(behaviours, responses)]
 
 
-def test_more_steps_never_lower_asr(tiny_dir, export_dir):
+def test_more_steps_never_lower_asr(tiny_dir, export_dir, capsys):
     model, processor = load_model(ModelSpec("tiny", str(tiny_dir)))
     rows = load_harmful(export_dir / "harmful_test.jsonl", 8)
     t = Target(model, processor, codec_for(processor), FirstWord(rows), max_new_tokens=2, check_every=2)
@@ -145,11 +147,14 @@ def test_more_steps_never_lower_asr(tiny_dir, export_dir):
     for weak, strong in ((4, 12), (12, 30)):
         assert set(found[weak]) <= set(found[strong])
         assert all(found[strong][i] == s for i, s in found[weak].items())  # same trajectory, same first success
-    # restarts only add successes
-    t.restarts = 2
+    # restarts only add successes; the progress bar shows the steps done and the ASR at checkpoints
+    t.restarts, t.progress = 2, True
+    capsys.readouterr()
     lat = LatentPGD(eps=1.0, step_size=0.01, steps=12, layers=(0,), relative=True, random_start=True)
     outs = attacks.attack(t, rows, [r.image for r in rows], seed=0, threat=lat)
     assert set(found[12]) <= {i for i, o in enumerate(outs) if o.step is not None}
+    bar = capsys.readouterr().err
+    assert "LatentPGD x8" in bar and "/24" in bar and f"ASR {len(found[12]) / 8:.0%}" in bar
 
 
 def test_latent_perturbation_hits_the_same_tokens_when_generating(tiny_model, processor, export_dir):
@@ -217,3 +222,63 @@ def test_training_attack_steps_read_from_the_run(tmp_path):
     (ad / "adpo_train.json").write_text(json.dumps({"config": {"image": {"steps": 5}, "latent": {"steps": 7}}}))
     assert training_attack_steps(ModelSpec("a", "m", str(tmp_path / "run"))) == 7
     assert training_attack_steps(ModelSpec("a", "m", None)) == 0
+
+
+def test_jailbreakbench_artifacts_validate_against_its_pydantic_model(run):
+    """Strict JSON validation (as reading a file back would be): a datetime, a tuple or a None parameter fails."""
+    from jbb_artifact_schema import AttackArtifact  # tests/eval/, vendored from jailbreakbench 1.0.0
+
+    out, _ = run
+    files = sorted((out / "jailbreakbench").glob("*.json"))
+    assert len(files) >= 5
+    for f in files:
+        art = AttackArtifact.model_validate_json(f.read_text(), strict=False)
+        assert art.parameters.evaluation_date.isoformat() == json.loads(f.read_text())["parameters"]["evaluation_date"]
+        assert len(art.jailbreaks) == art.parameters.number_of_submitted_prompts
+    bad = json.loads(files[0].read_text())
+    bad["parameters"]["method_parameters"]["eps"] = [0.1, None]
+    with pytest.raises(ValueError):
+        AttackArtifact.model_validate(bad)
+
+
+def test_results_follow_lmms_eval_layout(run):
+    """lmms-eval 0.7's EvaluationTracker writes ``<output>/<model_name_sanitized>/<date_id>_results.json`` with
+    ``task_hashes``, ``git_hash``, ``n-shot`` beside the aggregate keys (lmms_eval/loggers/evaluation_tracker.py)."""
+    out, res = run
+    (copy,) = (out / res["model_name_sanitized"]).glob("*_results.json")
+    assert re.fullmatch(r"\d{8}_\d{6}_results\.json", copy.name) and copy.name.startswith(res["date_id"])
+    on_disk = json.loads(copy.read_text())
+    assert on_disk == json.loads((out / "results.json").read_text())
+    for key in ("results", "configs", "versions", "n-shot", "n-samples", "higher_is_better", "group_subtasks",
+                "task_hashes", "git_hash", "date", "model_name", "model_name_sanitized"):
+        assert key in on_disk, key
+    assert set(on_disk["task_hashes"]) == set(on_disk["results"]) == set(on_disk["n-shot"])
+    assert all(len(h) == 64 for h in on_disk["task_hashes"].values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval not installed (its full install "
+                    "pulls torchvision and 80 more packages; its writer needs only `pip install --no-deps "
+                    "lmms-eval==0.7.3 pytz loguru`)")
+def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path):
+    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    from adpo.eval.results import doc_hash
+
+    out, res = run
+    samples = {}  # each subtask's current records in doc order, as lmms-eval's samples with their doc_hash
+    for task in {c["task"] for c in res["configs"].values()}:
+        for line in (out / f"samples_{task}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            samples.setdefault(r["subtask"], {})[r["doc_id"]] = {"doc_hash": doc_hash(r)}
+    tracker = EvaluationTracker(output_path=str(tmp_path))
+    tracker.general_config_tracker.model_name = res["model_name"]
+    tracker.general_config_tracker.model_name_sanitized = res["model_name_sanitized"]
+    theirs_in = {k: v for k, v in res.items() if k != "task_hashes"}
+    tracker.save_results_aggregated(theirs_in, {k: [v[d] for d in sorted(v)] for k, v in samples.items()},
+                                    res["date_id"])
+    (theirs,) = (tmp_path / res["model_name_sanitized"]).glob("*_results.json")
+    (ours,) = (out / res["model_name_sanitized"]).glob("*_results.json")
+    assert theirs.name == ours.name  # the same folder and file name
+    written = json.loads(theirs.read_text())
+    assert written["task_hashes"] == res["task_hashes"]  # their hash of our samples is ours
+    assert set(json.loads(ours.read_text())) >= set(res)

@@ -113,6 +113,12 @@ def read_records(source: str | Path, split: str = "train", name: str | None = No
         try:
             ds = datasets.load_dataset(str(source), name=name, split=split)
         except Exception as e:  # offline, unknown name, gated: all end the same way for the user
+            from ..utils.offline import offline
+
+            if offline():
+                raise DataError(f"{source}: not a file or folder here, and HF_HUB_OFFLINE=1 forbids loading it as a "
+                                "hub dataset (it is not in the datasets cache); unset HF_HUB_OFFLINE, or pass a "
+                                "local file") from e
             raise DataError(f"{source}: not a file or folder here, and datasets.load_dataset could not load it "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     for i, rec in enumerate(ds, 1):

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..data.collate import collate, image_keys
 from ..data.formats import open_image
@@ -49,6 +50,7 @@ class Target:
     chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps)
     image_size: int | None = None  # images resized to N×N before the processor (data.formats.open_image)
     sources: dict[str, Any] = field(default_factory=dict)  # label -> model whose attacks transfer to this one
+    progress: bool = False  # a bar inside each attack: steps done, the batch's ASR at each checkpoint
 
     @property
     def gen_kwargs(self) -> dict[str, Any]:
@@ -176,6 +178,8 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, 
     objective_of = LOSSES[loss]
     done: dict[int, Outcome] = {}
     last: dict[int, Outcome] = {}
+    bar = tqdm(total=steps * restarts, desc=f"  {type(threat).__name__} x{len(rows)}", disable=not t.progress,
+               leave=False, dynamic_ncols=True)
     for restart in range(restarts):
         idx = [i for i in range(len(rows)) if i not in done]
         if not idx:
@@ -187,6 +191,8 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, 
             texts = _generate(t, b, snap)
             verdicts = t.primary([r.behavior or r.prompt for r in b.rows], texts, [r.meta for r in b.rows])
             hit = [j for j, v in enumerate(verdicts) if v.label == "jailbroken" and idx[j] not in done]
+            bar.update(restart * steps + step - bar.n)
+            bar.set_postfix_str(f"restart {restart + 1}/{restarts}, ASR {(len(done) + len(hit)) / len(rows):.0%}")
             if not hit and step != steps:
                 return False
             margins, hashes = _margin(t, b, snap), _hashes(b, snap)
@@ -209,6 +215,7 @@ def attack(t: Target, rows: list[Row], images: list[Image.Image], *, seed: int, 
         for j, i in enumerate(idx):
             o = done.get(i) or last.get(i)
             o.norms = {k: float(v[j]) if torch.is_tensor(v) else float(v) for k, v in res.norms.items()}
+    bar.close()
     return [done.get(i) or last[i] for i in range(len(rows))]
 
 

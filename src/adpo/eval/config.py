@@ -12,7 +12,7 @@ the keys of :data:`adpo.eval.tasks.TASKS`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..data.templates import MODEL, TEMPLATES
@@ -20,7 +20,7 @@ from ..threats.budget import parse_eps
 from ..threats.image import ImagePGD
 from ..threats.latent import LatentPGD
 from ..threats.universal import UniversalImagePGD
-from ..utils.config import ConfigError, build
+from ..utils.config import ConfigError, build, option
 from . import figstep
 from .suites import SUITES
 from .tasks import TASKS, attack_threat
@@ -38,24 +38,27 @@ def transfer_source(item: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    harmful: str | None = None  # preference pairs: prompt, image, chosen = refusal, rejected = target
-    utility: str | None = None  # SFT rows: prompt, image, the exact answer
-    benign: str | None = None  # SFT rows: benign look-alike requests (over-refusal)
-    universal_train: str | None = None  # pairs the universal image is optimised on (disjoint from harmful)
-    figstep: str | None = None  # SafeBench-style CSV/JSONL with ``instruction``; default: the harmful prompts
+    harmful: str | None = option(None, "harmful behaviours: preference pairs (prompt, image, chosen = refusal, "
+                                       "rejected = target)")
+    utility: str | None = option(None, "utility SFT rows: prompt, image, the exact answer")
+    benign: str | None = option(None, "SFT rows of benign look-alike requests (over-refusal)")
+    universal_train: str | None = option(None, "pairs the universal image is optimised on (disjoint from "
+                                               "harmful)")
+    figstep: str | None = option(None, "SafeBench-style CSV/JSONL with instruction; default: the harmful prompts")
 
 
 @dataclass(frozen=True)
 class PGDImageConfig:
-    eps: tuple = ("4/255", "8/255", "16/255", "32/255", "64/255", "inf")  # on the behaviour's own image
-    steps: int = ImagePGD.steps
-    step_frac: float = 0.1  # step size = max(min_step, step_frac * eps)
-    min_step: float = 1 / 255
-    random_start: bool = ImagePGD.random_start
-    blank: bool = True  # HarmBench MMPGDBlank: a grey image, unconstrained
-    noise: bool = False  # a uniform-noise image, unconstrained
-    blank_steps: int = 300
-    blank_step_size: float = ImagePGD.step_size
+    eps: tuple = option(("4/255", "8/255", "16/255", "32/255", "64/255", "inf"), "budgets swept on the "
+                        "behaviour's own image")
+    steps: int = option(ImagePGD.steps, "attack steps per budget")
+    step_frac: float = option(0.1, "step size = max(min_step, step_frac × eps)")
+    min_step: float = option(1 / 255, "the smallest step size")
+    random_start: bool = option(ImagePGD.random_start, "start from a random point of the ball")
+    blank: bool = option(True, "also attack a grey image, unconstrained (HarmBench MMPGDBlank)")
+    noise: bool = option(False, "also attack a uniform-noise image, unconstrained")
+    blank_steps: int = option(300, "steps of the blank / noise attack")
+    blank_step_size: float = option(ImagePGD.step_size, "step size of the blank / noise attack")
 
     def step_size(self, eps: float) -> float:
         return self.blank_step_size if eps >= 1 else max(self.min_step, self.step_frac * eps)
@@ -63,67 +66,72 @@ class PGDImageConfig:
 
 @dataclass(frozen=True)
 class UniversalConfig:
-    eps: tuple = ("16/255",)  # one shared delta added to every held-out image
-    blank: bool = True  # plus one unconstrained image replacing every held-out image (Qi et al.)
-    steps: int = 200
-    step_size: float = UniversalImagePGD.step_size
-    train_n: int = 32  # training behaviours the image is optimised on
+    eps: tuple = option(("16/255",), "budgets of one shared delta added to every held-out image")
+    blank: bool = option(True, "plus one unconstrained image replacing every held-out image (Qi et al.)")
+    steps: int = option(200, "optimisation steps")
+    step_size: float = option(UniversalImagePGD.step_size, "step size")
+    train_n: int = option(32, "training behaviours the image is optimised on")
 
 
 @dataclass(frozen=True)
 class LatentConfig:
-    eps: tuple = (0.1, 0.25, 0.5, 1.0)  # x the layer's median clean token norm (relative budgets)
-    layers: tuple = LatentPGD.layers
-    steps: int = 50
-    step_size: float = LatentPGD.step_size
-    optimizer: str = LatentPGD.optimizer
+    eps: tuple = option((0.1, 0.25, 0.5, 1.0), "budgets, × the layer's median clean token norm")
+    layers: tuple = option(LatentPGD.layers, "decoder layers perturbed (negative: from the end)")
+    steps: int = option(50, "attack steps")
+    step_size: float = option(LatentPGD.step_size, "step size")
+    optimizer: str = option(LatentPGD.optimizer, "step rule: sign | adam | sign-adam | apgd")
 
 
 @dataclass(frozen=True)
 class FigStepConfig:
-    prompt: str = figstep.PROMPT
-    size: int = 760
-    font_size: int = 80
-    font: str | None = None
+    prompt: str = option(figstep.PROMPT, "the text prompt sent with the typographic image")
+    size: int = option(760, "image side in pixels")
+    font_size: int = option(80, "font size in pixels")
+    font: str | None = option(None, "a TrueType font file; null: the bundled default")
 
 
 @dataclass(frozen=True)
 class UtilityConfig:
-    scorer: str = "exact"  # or "module:function" taking (response, answer) -> bool | float
+    scorer: str = option("exact", "exact, or module:function taking (response, answer) -> bool | float")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tasks: tuple = ("clean", "pgd-image", "latent", "figstep", "utility", "over-refusal")
-    seed: int = 0
-    limit: int | None = 64  # behaviours (rows) per task; None = all
-    # rows of the utility and over-refusal tasks (generation only, so cheap): more than ``limit`` because their
-    # targets are a few points wide (256 rows: a 95% interval of about ±3.5 points at 90%); None = all
-    benign_limit: int | None = 256
-    batch_size: int = 64
-    max_new_tokens: int = 32
-    judges: tuple | None = None  # default: organism + gcg13 + llm_attacks29 on organism data, else the lists
-    judge_llm: str | None = None  # the llm judge's local folder or OpenAI-compatible URL
-    judge_llm_model: str = "judge"
-    check_every: int = 10  # generate from the attack's iterate every N steps (success at any checkpoint)
-    suite: str = "strong"  # attacks per subtask, worst case per behaviour (adpo.eval.suites): strong | standard
-    restarts: int = 1  # attack attempts (fresh random starts) for behaviours not yet jailbroken
-    dtype: str | None = None  # model dtype (float32, bfloat16); None = as saved
-    logps_chunk: int | None = None  # response tokens per log-prob chunk; 0: full logits; None: auto (vocab >= 32k)
-    image_size: int | None = None  # resize images to N×N first (Qwen2-VL: one patch grid per attacked batch)
-    template: str | None = None  # prompt template: model | llava | vicuna; None: the one the adapter was trained with
-    # the "attacks" task: any registered threat model (adpo.threats.registry) by name, with its settings, e.g.
-    # [{threat: image, name: l2@1.0, norm: l2, eps: 1.0, step_size: 0.1, steps: 100}]
-    attacks: tuple = ()
-    # transfer attacks: models (LABEL=PATH, PATH an adapter / run folder / model folder, or LABEL=base) whose
-    # white-box image attacks are applied unchanged to the evaluated model, after its own suite
-    transfer_from: tuple = ()
-    data: DataConfig = field(default_factory=DataConfig)
-    pgd_image: PGDImageConfig = field(default_factory=PGDImageConfig)
-    universal_image: UniversalConfig = field(default_factory=UniversalConfig)
-    latent: LatentConfig = field(default_factory=LatentConfig)
-    figstep: FigStepConfig = field(default_factory=FigStepConfig)
-    utility: UtilityConfig = field(default_factory=UtilityConfig)
+    tasks: tuple = option(("clean", "pgd-image", "latent", "figstep", "utility", "over-refusal"),
+                          "tasks to run (comma list or YAML list)")
+    seed: int = option(0, "seed of the attacks' random starts")
+    limit: int | None = option(64, "behaviours (rows) per task; null: all")
+    benign_limit: int | None = option(256, "rows of the utility and over-refusal tasks: more than limit, as "
+                                           "they are cheap (generation only) and their targets a few points wide "
+                                           "(256 rows: a 95% interval of about ±3.5 points at 90%); null: all")
+    batch_size: int = option(64, "behaviours attacked and generated together")
+    max_new_tokens: int = option(32, "tokens generated per response")
+    judges: tuple | None = option(None, "judges (comma list); null: organism + gcg13 + llm_attacks29 on organism "
+                                        "data, else the two string lists")
+    judge_llm: str | None = option(None, "the llm judge's local folder or OpenAI-compatible URL")
+    judge_llm_model: str = option("judge", "the llm judge's model name at that URL")
+    check_every: int = option(10, "generate from the attack's iterate every N steps (success at any checkpoint)")
+    suite: str = option("strong", "attacks per subtask, worst case per behaviour (adpo.eval.suites): strong | "
+                                  "standard")
+    restarts: int = option(1, "attack attempts (fresh random starts) for behaviours not yet jailbroken")
+    dtype: str | None = option(None, "model dtype (float32, bfloat16); null: as saved")
+    logps_chunk: int | None = option(None, "response tokens per log-prob chunk; 0: full logits; null: auto "
+                                           "(vocab >= 32k)")
+    image_size: int | None = option(None, "resize images to N×N first (Qwen2-VL: one patch grid per attacked "
+                                          "batch)")
+    template: str | None = option(None, "prompt template: model | llava | vicuna; null: the one the adapter was "
+                                        "trained with")
+    attacks: tuple = option((), "the attacks task: registered threat models with their settings, e.g. "
+                                "[{threat: image, name: l2@1.0, norm: l2, eps: 1.0, step_size: 0.1, steps: 100}]")
+    transfer_from: tuple = option((), "transfer attacks: LABEL=PATH models (adapter / run / model folder, or "
+                                      "LABEL=base) whose white-box image attacks are replayed on the evaluated "
+                                      "model")
+    data: DataConfig = option(factory=DataConfig, help="input files")
+    pgd_image: PGDImageConfig = option(factory=PGDImageConfig, help="the pgd-image task")
+    universal_image: UniversalConfig = option(factory=UniversalConfig, help="the universal-image task")
+    latent: LatentConfig = option(factory=LatentConfig, help="the latent task")
+    figstep: FigStepConfig = option(factory=FigStepConfig, help="the figstep task")
+    utility: UtilityConfig = option(factory=UtilityConfig, help="the utility task")
 
     SECTIONS = {"data": DataConfig, "pgd_image": PGDImageConfig, "universal_image": UniversalConfig,
                 "latent": LatentConfig, "figstep": FigStepConfig, "utility": UtilityConfig}

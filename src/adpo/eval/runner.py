@@ -102,6 +102,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def git_hash() -> str | None:
+    """``git describe --always`` of adpo's source checkout (lmms-eval's ``git_hash``); None outside one."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, text=True,
+                              capture_output=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
@@ -153,7 +164,7 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
     sources = {label: load_model(ModelSpec(label, spec.model, path), cfg.dtype, cfg.template, shard.device)[0]
                for label, path in map(transfer_source, cfg.transfer_from)}
     target = Target(model, processor, codec_for(processor), primary, cfg.max_new_tokens, cfg.check_every,
-                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size, sources)
+                    cfg.restarts, resolve_chunk(model, cfg.logps_chunk), cfg.image_size, sources, progress)
     trained = training_attack_steps(spec)
     for sub in subs:
         if sub.attack_type == "white_box" and sub.params.get("steps", trained) < trained:
@@ -189,8 +200,10 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
         return {}
     res = results_json(spec.label, subs, current, status,
                        {**spec.identity(), "label": spec.label, "eval": cfg.to_dict(), "machine": machine}, seconds,
-                       _versions())
+                       _versions(), git_hash())
     write_json(out / "results.json", res)
+    lmms = ensure_writable_dir(out / res["model_name_sanitized"])  # where lmms-eval's EvaluationTracker writes
+    write_json(lmms / f"{res['date_id']}_results.json", res)
     jbb = ensure_writable_dir(out / "jailbreakbench")
     for sub in subs:
         if sub.kind == "harmful":

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.config import ConfigError
+from ..utils.config import ConfigError, option
 from ..utils.errors import MissingInput
 
 AUTO = "auto"  # LoRA targets / full-training parameters discovered from the model (families.ModelInfo)
@@ -40,12 +40,12 @@ class LoraSettings:
     ``target`` / ``full_train``: regexes, or "auto" for the decoder layers' linear layers / the decoder and
     output head of the model at hand."""
 
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target: str = AUTO
-    full_train: str = AUTO
+    enabled: bool = option(True, "train a LoRA adapter; false: full fine-tuning of lora.full_train")
+    r: int = option(8, "LoRA rank")
+    alpha: int = option(16, "LoRA alpha (scale = alpha / r)")
+    dropout: float = option(0.0, "LoRA dropout")
+    target: str = option(AUTO, "modules LoRA wraps: a regex, or auto (every linear layer of the text decoder)")
+    full_train: str = option(AUTO, "parameters full fine-tuning trains: a regex, or auto (decoder + output head)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +97,7 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 
 def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool = True) -> tuple[nn.Module, Any]:
-    """A transformers image-text model and its processor from a local folder, checked by
+    """A transformers image-text model and its processor from a local folder or hub id, checked by
     :func:`~adpo.models.families.inspect_model` (an unsupported family fails here, saying what it lacks).
 
     ``weights=False`` builds the model from its config on the meta device (no memory, no weights read),
@@ -105,8 +105,9 @@ def load_base(path: str | Path, dtype: torch.dtype | None = None, weights: bool 
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from .families import UnsupportedModel, inspect_model
+    from .hub import resolve_model
 
-    path = Path(path)
+    path = resolve_model(path)
     if not (path / "config.json").exists():
         raise MissingInput(f"model folder {path} has no config.json (expected a saved transformers model)")
     try:
@@ -134,8 +135,10 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     """A cheap identity of a model folder's weights: each weight file's name and size and 16 evenly spaced
     64 KiB samples of its bytes (header included). A copied or moved base matches; a differently trained
     model of the same shape does not; a 7B folder costs a few MiB of reads, not 14 GB."""
+    from .hub import resolve_model
+
     h = hashlib.sha256()
-    for p in sorted(Path(model_dir).iterdir()):
+    for p in sorted(resolve_model(model_dir).iterdir()):
         if p.suffix not in (".safetensors", ".bin", ".pt", ".pth") or not p.is_file():
             continue
         size = p.stat().st_size
@@ -151,7 +154,9 @@ def architecture(model_dir: str | Path) -> str:
     """``llava (text: 2 layers x 32, vocab 512)``: what an adapter's tensors must fit (read from config.json)."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(model_dir)
+    from .hub import resolve_model
+
+    cfg = AutoConfig.from_pretrained(resolve_model(model_dir))
     text = cfg.get_text_config()
     return (f"{cfg.model_type} (text: {text.num_hidden_layers} layers x {text.hidden_size}, "
             f"vocab {text.vocab_size})")
@@ -310,7 +315,8 @@ def build_policy(base: nn.Module, lora: LoraSettings, init: str | Path | None = 
 def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any] | None = None,
                  state_dict: dict[str, torch.Tensor] | None = None, base: str | Path | None = None) -> Path:
     """Write the policy as a plain peft adapter (``out/adapter``) or a full model (``out/model``), with the
-    processor, so ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly. An adapter records
+    processor and, for a run (``extra["config"]``), its model card (README.md), so
+    ``PeftModel.from_pretrained`` / ``from_pretrained`` load it directly. An adapter records
     its ``base`` folder (:func:`base_record`), so it is never applied to another one."""
     from ..utils.io import atomic_dir
 
@@ -331,6 +337,10 @@ def save_trained(policy: Policy, processor: Any, out: Path, extra: dict[str, Any
             policy.model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
         (tmp / TRAIN_RECORD).write_text(json.dumps(extra or {}, indent=2, default=str) + "\n")
+        if (extra or {}).get("config"):
+            from .card import eval_rows, model_card
+
+            (tmp / "README.md").write_text(model_card(extra, eval_rows(extra.get("eval") or {})))
     return target
 
 
@@ -364,3 +374,33 @@ def stacked_adapter(first: str | Path, model: nn.Module, state_dict: dict[str, t
         out[kb] = torch.cat([b1.to(b2.dtype) * s1, b2 * s2], dim=1).contiguous()
     r = c1.r + c2.r
     return out, dc.replace(c2, r=r, lora_alpha=r, use_rslora=False, rank_pattern={}, alpha_pattern={})
+
+
+EXPORT_RECORD = "adpo_export.json"  # beside a merged export: its base and adapter
+
+
+def export_merged(base: str | Path, adapter: str | Path, out: str | Path,
+                  table: list[dict[str, Any]] | None = None) -> Path:
+    """The adapter (or run folder) merged into its base, saved as a plain transformers folder (safetensors,
+    processor, model card) that ``AutoModelForImageTextToText.from_pretrained`` loads with no peft: what
+    serving and evaluation tools take. ``out`` must be new, empty or an earlier export (never overwritten
+    otherwise); ``table``: evaluation rows for the card."""
+    from ..utils.io import atomic_dir
+    from .card import model_card
+
+    path = resolve_run(adapter)
+    if not is_adapter(path):
+        raise ConfigError(f"{adapter} is a full model already (no adapter to merge); use it as it is")
+    model, processor = load_base(base)
+    merged = load_adapter(model, path, base).merge_and_unload()
+    try:
+        record = json.loads((path / TRAIN_RECORD).read_text())
+    except (OSError, ValueError):
+        record = {"config": {"model": str(base)}}
+    with atomic_dir(Path(out), own=(EXPORT_RECORD,)) as tmp:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card({**record, "name": Path(out).name}, table or [], merged=True))
+        (tmp / EXPORT_RECORD).write_text(json.dumps({"base": base_record(base), "adapter": str(path)}, indent=2)
+                                         + "\n")
+    return Path(out)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..utils.config import option
 from .budget import parse_eps
 from .protocol import AttackContext, AttackResult, Threat
 from .rules import RULES, Rule, make_rule
@@ -87,13 +88,13 @@ class ImagePGD(Threat):
     kind: ClassVar[str] = "image"
     needs_codec: ClassVar[bool] = True
 
-    eps: float = 16 / 255
-    step_size: float = 2 / 255
-    steps: int = 100
-    random_start: bool = True
-    norm: str = "linf"
-    keep_best: bool = False
-    optimizer: str = "sign"
+    eps: float = option(16 / 255, "budget in [0,1] pixel units: 16/255, 0.0627 or inf (clip to [0,1] only)")
+    step_size: float = option(2 / 255, "step in pixel units (ignored by apgd)")
+    steps: int = option(100, "attack steps")
+    random_start: bool = option(True, "start from a uniform random point of the ball")
+    norm: str = option("linf", "the ball's norm: linf | l2")
+    keep_best: bool = option(False, "return, per sample, the lowest-loss iterate")
+    optimizer: str = option("sign", "step rule: sign (PGD) | adam | sign-adam | apgd")
 
     # The training adversary of the official code (docs/method.md §2.2), its projection fixed: what
     # ``adpo train`` uses for every field a config leaves unset. L-inf 0.2, step 0.0125, 30 steps, no

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..models.families import unwrap
+from ..utils.config import option
 from .hooks import decoder_layers, residual_perturbation
 from .protocol import AttackContext, AttackResult, Threat
 from .rules import RULES, Rule, make_rule
@@ -75,14 +76,14 @@ class LatentPGD(Threat):
 
     kind: ClassVar[str] = "latent"
 
-    eps: float = 1.0
-    step_size: float = 0.1
-    steps: int = 10
-    layers: tuple[int, ...] = (-2,)
-    optimizer: str = "sign"
-    random_start: bool = False
-    relative: bool = False
-    keep_best: bool = False
+    eps: float = option(1.0, "per-token L2 budget (× the median clean token norm when latent.relative)")
+    step_size: float = option(0.1, "step (Adam's lr for adam)")
+    steps: int = option(10, "attack steps")
+    layers: tuple[int, ...] = option((-2,), "decoder layers whose output is perturbed (negative: from the end)")
+    optimizer: str = option("sign", "step rule: sign | adam (LAT) | sign-adam | apgd")
+    random_start: bool = option(False, "start from a random point of the ball")
+    relative: bool = option(False, "eps is a fraction of the layer's median clean token norm")
+    keep_best: bool = option(False, "return, per sample, the lowest-loss iterate")
 
     # The training adversary of the official code (LAT; docs/method.md §2.2): what ``adpo train`` uses for
     # every field a config leaves unset. Adam steps of 0.05, 10 steps, eps 0.1, the second-to-last layer.

@@ -13,11 +13,12 @@ writes it at a time (:func:`adpo.utils.io.output_folder`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ from ..utils.config import ConfigError
 from ..utils.io import atomic_text, output_folder
 from . import checkpoint
 from .config import RunConfig
+from .evaluation import BEST_METRIC, evaluate, held_out
 from .steps import StepContext, step_fn
-from .tracking import MetricsLog, plot_curves
+from .tracking import MetricsLog, log_with, plot_curves, start_trackers
 
 COMMAND = "adpo train"
 
@@ -162,6 +164,8 @@ class Session:
     params: list
     ctx: StepContext
     total: int
+    held_out: list  # BatchStreams of the held-out pairs (evaluation.held_out); [] without train.eval_every
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation's metrics (for the model card)
 
     def step(self, step: int, log: bool) -> dict[str, float]:
         """Optimizer step ``step`` (0-based): ``grad_accum`` micro-batches, clip, update, schedule."""
@@ -192,11 +196,13 @@ class Session:
 def setup(run: RunConfig) -> Session:
     """Load and check data and models and prepare them on accelerate (no files written)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from transformers import get_scheduler
 
     cfg = run.train
-    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    trackers = log_with(cfg.report_to)  # a named tracker that is not installed is refused here
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, log_with=trackers or None,
+                      project_config=ProjectConfiguration(project_dir=run.out, logging_dir=str(Path(run.out) / "runs")))
     check_engine(acc)
     set_seed(cfg.seed)
     pairs = load_rows(run.data, "pairs")
@@ -205,6 +211,7 @@ def setup(run: RunConfig) -> Session:
     policy, processor = _models(run)
     for rows in filter(None, (pairs, utility_rows)):
         check_lengths(processor, rows, context_length(policy.model), cfg.max_length, cfg.image_size)
+    held = held_out(run, processor, context_length(policy.model))
     mixed = is_mixed(run) and utility_rows is not None
     stream = (MixedStream if mixed else BatchStream)(pairs + utility_rows if mixed else pairs, processor,
                                                      cfg.batch_size, cfg.seed, cfg.max_length, acc.process_index,
@@ -226,20 +233,37 @@ def setup(run: RunConfig) -> Session:
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
                       acc.autocast, logps_chunk(run, acc, policy.model))
     info = inspect_model(policy.model, warn=False)
-    acc.print(f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
+    _say(acc, f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
               f"vocab {info.vocab_size}, {type(ctx.codec).__name__}; log-probs "
               + (f"in chunks of {ctx.chunk} tokens" if ctx.chunk else "from full logits"))
     model.train()
-    return Session(run, acc, policy, processor, stream, util_stream, model, optimizer, scheduler, params, ctx, total)
+    return Session(run, acc, policy, processor, stream, util_stream, model, optimizer, scheduler, params, ctx, total,
+                   held)
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one training run; returns a summary (steps, seconds, output paths)."""
+def resume_point(out: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint to resume from: the latest in ``OUT/checkpoints`` (``resume`` True, or ``OUT`` itself),
+    or the ``OUT/checkpoints/step-N`` folder given (TRL's ``resume_from_checkpoint=PATH``); None: none yet."""
+    found = checkpoint.checkpoints(out / "checkpoints")
+    if resume is True or Path(resume).resolve() == out.resolve():
+        return found[-1][1] if found else None
+    wanted = Path(resume).resolve()
+    for _, path in found:
+        if path.resolve() == wanted:
+            return path
+    raise ConfigError(f"--resume {resume}: not a complete checkpoint of {out / 'checkpoints'} (have: "
+                      f"{[p.name for _, p in found] or 'none'})")
+
+
+def train(run: RunConfig, resume: bool | Path = False, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one training run; returns a summary (steps, seconds, output paths). ``resume``: True
+    (the latest checkpoint) or a checkpoint folder of ``run.out``."""
     out = Path(run.out)
     # every rank checks the folder, so a refusal never leaves the others waiting; the main one locks it
     with output_folder(out, COMMAND, legacy=("config.yaml",), writer=int(os.environ.get("RANK", "0")) == 0) as o:
         if resume:
             check_resume_config(run, out / "config.yaml")
+            resume_point(out, resume)  # a wrong checkpoint path is refused before any work
         elif checkpoint.checkpoints(out / "checkpoints"):
             raise ConfigError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it, "
                               "or choose a new --out (nothing is overwritten)")
@@ -248,21 +272,21 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True) -> dict[s
         return _run(run, s, resume, progress)
 
 
-def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, Any]:
+def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dict[str, Any]:
     out = Path(run.out)
     acc, cfg, total = s.acc, run.train, s.total
     if acc.is_main_process:
         write_config(run, out / "config.yaml")
-    log = MetricsLog(out / "metrics.jsonl", out / "tensorboard" if cfg.report_to == "tensorboard" else None) \
-        if acc.is_main_process else None
+        start_trackers(acc, run.to_dict(), out)
+    log = MetricsLog(out / "metrics.jsonl", acc) if acc.is_main_process else None
     start = 0
     if resume:
-        found = checkpoint.checkpoints(out / "checkpoints")
-        if found:
-            start = checkpoint.load(found[-1][1], acc, s.model, s.optimizer, s.scheduler)
-            acc.print(f"resumed from {found[-1][1]} (step {start} of {total})")
+        point = resume_point(out, resume)
+        if point is not None:
+            start = checkpoint.load(point, acc, s.model, s.optimizer, s.scheduler)
+            _say(acc, f"resumed from {point} (step {start} of {total})")
         else:
-            acc.print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+            _say(acc, f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
     if log is not None and start:
         log.truncate(start)
     elif log is not None:
@@ -285,6 +309,8 @@ def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, 
                 log.write(step + 1, logged)
             bar.set_postfix({k: f"{logged[k]:.3g}" for k in ("loss", "adv/margin_attacked", "adv/margin_clean")
                              if k in logged})
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+            _evaluate(s, step + 1, log)
         bar.update(1)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
             checkpoint.save(out / "checkpoints", step + 1, acc, s.model, s.optimizer, s.scheduler,
@@ -296,7 +322,8 @@ def _run(run: RunConfig, s: Session, resume: bool, progress: bool) -> dict[str, 
     # sharded engines gather the full weights collectively (every rank), then the main process writes
     state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
     if acc.is_main_process:
-        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict()},
+        summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict(),
+                                                                          "eval": s.last_eval},
                                             state_dict=state, base=run.model))
         log.close()
         summary["plot"] = str(plot_curves(out / "metrics.jsonl", out / "training_curves.png", f"adpo {run.method}"))
@@ -315,6 +342,39 @@ def total_steps(run: RunConfig, n_pairs: int, n_utility: int, processes: int = 1
     cfg = run.train
     rows = n_pairs + (n_utility if is_mixed(run) else 0)
     return cfg.steps or max(1, math.ceil(cfg.epochs * rows / (cfg.batch_size * processes * cfg.grad_accum)))
+
+
+def _evaluate(s: Session, step: int, log: MetricsLog | None) -> None:
+    """Score the held-out pairs (every rank the same pairs), log ``eval/*``, keep the best adapter."""
+    import json
+
+    metrics = s.last_eval = evaluate(s.ctx, s.held_out, step)
+    if log is not None:
+        log.write(step, metrics)
+    _say(s.acc, f"step {step}: " + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+    if not s.run.train.keep_best or BEST_METRIC not in metrics:
+        return
+    out = Path(s.run.out)
+    record = out / "best" / "best.json"
+    best = json.loads(record.read_text())[BEST_METRIC] if record.is_file() else -math.inf
+    if metrics[BEST_METRIC] <= best:
+        return
+    state = s.acc.get_state_dict(s.model) if checkpoint.sharded(s.acc) else None
+    if s.acc.is_main_process:
+        from ..utils.io import write_json
+
+        (out / "best").mkdir(exist_ok=True)
+        save_trained(s.policy, s.processor, out / "best", {"step": step, "metrics": metrics,
+                                                            "config": s.run.to_dict()},
+                     state_dict=state, base=s.run.model)
+        write_json(record, {"step": step, **metrics})
+    s.acc.wait_for_everyone()
+
+
+def _say(acc, message: str) -> None:
+    """An informational line from the main process, through the ``adpo`` logger (``--quiet`` hides it)."""
+    if acc.is_main_process:
+        logging.getLogger("adpo").info(message)
 
 
 def _to(batch: dict[str, torch.Tensor] | None, device) -> dict[str, torch.Tensor] | None:

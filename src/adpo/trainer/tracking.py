@@ -1,4 +1,11 @@
-"""Metrics: one JSON line per logged step (TRL's names), optional TensorBoard, a plot at the end."""
+"""Metrics: one JSON line per logged step (TRL's names), accelerate's trackers, a plot at the end.
+
+``train.report_to`` names accelerate trackers (``log_with`` / ``init_trackers`` / ``log``): tensorboard
+(event files in ``OUT/runs/adpo``), wandb (its run folder in ``OUT/wandb``; ``WANDB_MODE=offline`` works
+without the network), mlflow, trackio, ``all`` (those installed) or a comma list. Each is an optional extra
+(``pip install 'adpo[wandb]'``); one that is named but not installed is refused before anything is written
+(accelerate itself would drop it silently).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +17,53 @@ from typing import Any
 
 from ..utils.io import atomic_text
 
+PROJECT = "adpo"  # accelerate's project name: the tensorboard folder OUT/runs/adpo, the wandb project
+
+
+def log_with(report_to: str) -> list[str]:
+    """``train.report_to`` as accelerate's ``log_with``: named trackers must be installed, ``all`` takes the
+    installed ones (as TRL's ``report_to="all"``)."""
+    from accelerate.utils import imports
+
+    from ..utils.config import ConfigError
+    from .config import TRACKERS, trackers
+
+    installed = [n for n in TRACKERS if getattr(imports, f"is_{n}_available")()]
+    if str(report_to).strip() == "all":
+        return installed
+    missing = [n for n in trackers(report_to) if n not in installed]
+    if missing:
+        raise ConfigError(f"train.report_to={report_to}: the {missing[0]} package is not installed; "
+                          f"pip install 'adpo[{missing[0]}]' (or drop it from train.report_to)")
+    return trackers(report_to)
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"train.lr": 2e-05, …}`` of the scalar types every tracker takes."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else str(v)
+    return out
+
+
+def start_trackers(acc, run_config: dict[str, Any], out: Path) -> None:
+    """``init_trackers`` with the run's flattened config (the wandb run folder inside ``out``)."""
+    if acc.log_with:
+        acc.init_trackers(PROJECT, config=flat_config(run_config),
+                          init_kwargs={"wandb": {"dir": str(out), "name": out.name},
+                                       "trackio": {"name": out.name}})
+
 
 class MetricsLog:
-    """Appends to ``path``; ``truncate(step)`` drops lines after a resumed checkpoint (atomically)."""
+    """Appends to ``path`` (and to accelerate's trackers through ``acc``); ``truncate(step)`` drops lines after a
+    resumed checkpoint (atomically)."""
 
-    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path, acc: Any = None):
         self.path = Path(path)
-        self.tb = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise RuntimeError("train.report_to=tensorboard needs the tensorboard package "
-                                   "(pip install tensorboard)") from e
-            self.tb = SummaryWriter(str(tensorboard_dir))
+        self.acc = acc if acc is not None and acc.log_with else None
 
     def truncate(self, step: int) -> None:
         if not self.path.exists():
@@ -40,14 +80,13 @@ class MetricsLog:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
+        if self.acc is not None:
+            self.acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.acc is not None:  # not acc.end_training(): that also ends the process group
+            for tracker in self.acc.trackers:
+                tracker.finish()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,20 @@ T = TypeVar("T")
 
 class ConfigError(UserError):
     """A config file or override is malformed or names an unknown option."""
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Any = None) -> Any:
+    """A settings field with its help text: TRL's ``field(default=…, metadata={"help": …})`` habit, on one
+    line. The dataclass stays the one home of the default and of its explanation; ``adpo train --help``
+    and ``adpo eval --help`` read both from here (:mod:`adpo.utils.flags`)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """A field's help text ("" when it has none)."""
+    return str(f.metadata.get("help", ""))
 
 
 def load_yaml(path: str | Path | None) -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""accelerate's trackers (offline), evaluation during training, the best adapter and the model card."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import yaml
+
+from adpo.trainer.config import RunConfig
+from adpo.trainer.loop import train
+from adpo.trainer.tracking import read_metrics
+
+
+def _run(run_args, export_dir, out, **train_opts):
+    raw = run_args("dpo", out)  # cheap steps; the evaluation's attack is train.threat whatever the method
+    raw["train"] = {**raw["train"], **train_opts}
+    raw["eval_data"] = str(export_dir / "preference_train.jsonl")
+    return RunConfig.from_dict(raw)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard (the dev extra) missing")
+def test_eval_during_training_logs_eval_metrics_to_tensorboard_and_keeps_the_best(run_args, export_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _run(run_args, export_dir, "tb", eval_every=2, eval_limit=4, eval_attack_steps=2, keep_best=True,
+               report_to="tensorboard")
+    train(run, progress=False)
+    out = tmp_path / "tb"
+    rows = read_metrics(out / "metrics.jsonl")
+    evals = [r for r in rows if "eval/margin_attacked" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval/margin_attacked"] <= r["eval/margin_clean"] + 1e-4  # the attack lowers the margin
+        assert 0 <= r["eval/attack_success"] <= 1 and 0 <= r["eval_rewards/accuracies"] <= 1
+        assert {"eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins"} <= set(r)
+    # tensorboard event files, read back with tensorboard's own reader
+    acc = EventAccumulator(str(out / "runs" / "adpo"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in rows if "loss" in r]
+    assert [round(e.value, 4) for e in acc.Scalars("eval/margin_attacked")] == \
+        [round(r["eval/margin_attacked"], 4) for r in evals]
+    # keep_best: OUT/best holds the adapter of the best attacked margin, a plain peft folder with its card
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["eval/margin_attacked"] == max(r["eval/margin_attacked"] for r in evals)
+    assert best["step"] == max(evals, key=lambda r: r["eval/margin_attacked"])["step"]
+    assert (out / "best" / "adapter" / "adapter_model.safetensors").is_file()
+    # the model card beside the adapter: front matter the hub reads, the recipe, the last evaluation
+    card = (out / "adapter" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == run.model and front["library_name"] == "peft" and "dpo" in front["tags"]
+    assert "eval/margin_attacked" in card and "## Recipe" in card
+    # the evaluation did not change the training: the same losses as a run without it
+    plain = _run(run_args, export_dir, "plain")
+    train(plain, progress=False)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "plain" / "metrics.jsonl")]
+    assert [r["loss"] for r in rows if "loss" in r] == pytest.approx(losses, abs=1e-6)
+
+
+def test_named_tracker_that_is_missing_names_its_extra(run_args, export_dir, tmp_path, monkeypatch):
+    from accelerate.utils import imports
+
+    from adpo.utils.config import ConfigError
+
+    monkeypatch.setattr(imports, "is_wandb_available", lambda: False)
+    run = _run(run_args, export_dir, "wb", report_to="tensorboard,wandb")
+    with pytest.raises(ConfigError, match=r"pip install 'adpo\[wandb\]'"):
+        train(run, progress=False)
+    assert not (tmp_path / "wb").exists()
+    with pytest.raises(ConfigError, match="unknown tracker"):
+        _run(run_args, export_dir, "x", report_to="neptune")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb (the wandb extra) not installed")
+def test_wandb_offline_writes_its_run_folder(run_args, export_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(_run(run_args, export_dir, "wandb", steps=2, report_to="wandb"), progress=False)
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
