@@ -245,10 +245,12 @@ def test_results_follow_lmms_eval_layout(run):
     """lmms-eval 0.7's EvaluationTracker writes ``<output>/<model_name_sanitized>/<date_id>_results.json`` with
     ``task_hashes``, ``git_hash``, ``n-shot`` beside the aggregate keys (lmms_eval/loggers/evaluation_tracker.py)."""
     out, res = run
-    (copy,) = (out / res["model_name_sanitized"]).glob("*_results.json")
-    assert re.fullmatch(r"\d{8}_\d{6}_results\.json", copy.name) and copy.name.startswith(res["date_id"])
-    on_disk = json.loads(copy.read_text())
-    assert on_disk == json.loads((out / "results.json").read_text())
+    folder, latest = out / res["model_name_sanitized"], json.loads((out / "results.json").read_text())
+    copies = sorted(folder.glob("*_results.json"))  # one dated copy per run, as lmms-eval's tracker writes
+    assert all(re.fullmatch(r"\d{8}_\d{6}_results\.json", c.name) for c in copies)
+    assert (folder / f"{res['date_id']}_results.json").is_file()
+    on_disk = json.loads((folder / f"{latest['date_id']}_results.json").read_text())
+    assert on_disk == latest
     for key in ("results", "configs", "versions", "n-shot", "n-samples", "higher_is_better", "group_subtasks",
                 "task_hashes", "git_hash", "date", "model_name", "model_name_sanitized"):
         assert key in on_disk, key

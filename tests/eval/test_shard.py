@@ -15,7 +15,7 @@ OPTS = ["tasks=[clean,pgd-image,latent,universal-image]", "judges=[organism,gcg1
         "max_new_tokens=4", "check_every=1", "pgd_image.eps=[8/255]", "pgd_image.steps=2",
         "pgd_image.random_start=true", "pgd_image.blank=false", "latent.eps=[0.5]", "latent.steps=2",
         "universal_image.steps=2", "universal_image.train_n=4", "universal_image.blank=false"]
-VOLATILE = ("date", "total_evaluation_time_seconds", "evaluation_date")
+VOLATILE = ("date", "date_id", "total_evaluation_time_seconds", "evaluation_date")
 
 
 def evaluate(launch, tiny_dir, export_dir, out, procs):
