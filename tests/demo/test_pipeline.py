@@ -13,7 +13,7 @@ def test_config_merges_sections_and_rejects_unknowns():
     cfg = DemoConfig.from_dict({"train": {"train": {"steps": 7}}, "eval": {"pgd_image": {"steps": 3}, "limit": 8},
                                 "arms": ["base", "adpo"], "utility_weight": 0.5})
     assert cfg.train["train"]["steps"] == 7 and cfg.train["train"]["lr"] == 3.0e-4  # merged, not replaced
-    assert cfg.eval["pgd_image"]["steps"] == 3 and cfg.eval["pgd_image"]["blank_steps"] == 100
+    assert cfg.eval["pgd_image"]["steps"] == 3 and cfg.eval["pgd_image"]["blank_steps"] == 300
     assert cfg.eval["limit"] == 8 and cfg.arms == ("base", "adpo") and cfg.utility_weight == 0.5
     assert DemoConfig().train["train"]["steps"] == 160  # defaults are not mutated by an instance
     with pytest.raises(ConfigError, match="unknown demo option"):

@@ -43,12 +43,13 @@ def load_recipe() -> dict:
 # step rules and losses, worst case per behaviour; adpo.eval.suites) plus its gradient-masking checks: the
 # painted trigger, and (with a suite other than "standard") transfer attacks from the arms in TRANSFER_FROM.
 # A robust arm makes every attack of the suite run its whole budget (about 10x ``steps`` per subtask), so the
-# budgets below are what a robust ADPO arm can be attacked with on 2 cores (docs/evaluation.md, "Cost"):
-# the two image budgets the targets name, the blank image at 100 steps, the largest latent budget.
+# demo attacks the two image budgets the targets name and the largest latent budget (docs/evaluation.md,
+# "Cost"). The blank image keeps 300 steps: at 100 it reported 17.6% on an ADPO arm that 300 steps
+# jailbreak on 91% of behaviours (docs/results/recipe.md).
 EVAL = {
     "tasks": ["clean", "pgd-image", "latent", "trigger", "figstep", "utility", "over-refusal"],
     "suite": "strong", "limit": 32, "batch_size": 32, "check_every": 10,
-    "pgd_image": {"eps": ["16/255", "32/255"], "steps": 100, "blank": True, "blank_steps": 100},
+    "pgd_image": {"eps": ["16/255", "32/255"], "steps": 100, "blank": True, "blank_steps": 300},
     # 20 steps: every latent success of the strong suite came at its first checkpoint (step 10) on every arm, so
     # the budget converges (halving it moved no ASR; docs/evaluation.md)
     "latent": {"eps": [0.5], "steps": 20, "layers": [-2]},
