@@ -8,6 +8,7 @@ time, each process with cores / jobs threads), gathers the instances' summaries 
 --organism-seeds`` does (OUT/summary.json, OUT/report.md; :mod:`adpo.demo.instances`), and writes
 docs/results.md from it. An organism instance is what another machine's last bits give (issue 15):
 a claim holds only if it holds on each. ``--skip-runs`` only rewrites the document from what OUT holds.
+docs/results/after.md (checks run by hand after the benchmark, with their commands) is copied in as it is.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def masking(s: dict) -> list[str]:
 
 def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     from adpo.demo import report
+    from adpo.demo.instances import quality
     from adpo.demo.pipeline import ARMS
 
     def ordered(arms: dict) -> dict:
@@ -94,16 +96,16 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
              "the runs that failed: [results/recipe.md](results/recipe.md) (and the earlier search, "
              "[results/recipe_search.md](results/recipe_search.md)).", "",
              "## Targets on every organism instance", ""]
+    after = ROOT / "docs" / "results" / "after.md"  # checks run by hand after the benchmark, kept across rewrites
+    lines += [after.read_text().strip(), ""] if after.is_file() else []
     lines += report.targets_table(s) or ["No targets could be checked (the adpo arm was not run)."]
     lines += ["", "## Attack success rate, mean ± sd over instances", ""] + report.table(s, "asr")
     if report.not_converged(s):
         lines += ["", report.FOOTNOTE]
     for seed, inst in s["instances"].items():
         inst["arms"] = ordered(inst["arms"])
-        org = inst.get("organism") or {}
-        quality = ", ".join(f"{k} {org[k]:.3f}" for k in ("utility_accuracy", "compliance_rate_image_harm",
-                                                           "refusal_rate_text_harm") if org.get(k) is not None)
-        lines += ["", f"## Organism seed {seed}" + (f" ({quality})" if quality else ""), ""]
+        q = quality(inst.get("organism"))
+        lines += ["", f"## Organism seed {seed}" + (f" ({q})" if q else ""), ""]
         lines += report.table({"arms": inst["arms"]}, "asr")
         lines += ["", *report.targets_table(inst)] if inst.get("targets") else []
         lines += ["", "Gradient-masking checks:", ""] + masking({"arms": inst["arms"]})
@@ -119,18 +121,9 @@ def write_doc(out: Path, seconds: dict[str, float], command: str) -> Path:
     return doc
 
 
-def gather(out: Path, seeds: list[int], commands: list[str]) -> dict:
-    """The instances' summary (what ``adpo demo --organism-seeds`` writes) from their own summary.json files."""
-    from adpo.demo.instances import instance_dir, markdown, pooled
-    from adpo.utils.io import atomic_text, write_json
-
-    summary = pooled({seed: json.loads((instance_dir(out, seed) / "summary.json").read_text()) for seed in seeds})
-    write_json(out / "summary.json", summary)
-    atomic_text(out / "report.md", "\n".join(markdown(summary, commands)) + "\n")
-    return summary
-
-
 def main() -> int:
+    from adpo.demo.instances import instance_dir, write_summary
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--organism-seeds", default="0,1,2")
@@ -148,18 +141,20 @@ def main() -> int:
         threads = str(max(1, (os.cpu_count() or 2) // args.jobs))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
         t0 = time.time()
-        with ThreadPoolExecutor(args.jobs) as pool:  # one process per instance; a failure stops the benchmark
-            runs = [pool.submit(subprocess.run, [*demo, "--out", str(args.out / f"organism-seed{seed}"), "--seed",
-                                                 str(seed), *args.overrides], check=True, env=env,
-                                stdout=open(args.out.parent / f"{args.out.name}-seed{seed}.log", "w"),
-                                stderr=subprocess.STDOUT) for seed in seeds]
-            for run in runs:
+        def instance(seed: int) -> None:  # one process per instance, its output in a log beside OUT
+            with open(args.out.parent / f"{args.out.name}-seed{seed}.log", "w") as log:
+                subprocess.run([*demo, "--out", str(instance_dir(args.out, seed)), "--seed", str(seed),
+                                *args.overrides], check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        with ThreadPoolExecutor(args.jobs) as pool:  # a failure stops the benchmark
+            for run in [pool.submit(instance, seed) for seed in seeds]:
                 run.result()
         seconds["instances"] = time.time() - t0
         (args.out / "results_seconds.json").write_text(json.dumps(seconds))
     elif (args.out / "results_seconds.json").is_file():
         seconds = json.loads((args.out / "results_seconds.json").read_text())
-    gather(args.out, seeds, [command])
+    write_summary(args.out, {seed: json.loads((instance_dir(args.out, seed) / "summary.json").read_text())
+                             for seed in seeds}, [command])
     print(f"wrote {write_doc(args.out, seconds, command)}")
     return 0
 

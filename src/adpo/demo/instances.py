@@ -59,11 +59,24 @@ def run_instances(out: Path, seeds: list[int], run_one: Callable[[int, Path], di
         for i, seed in enumerate(seeds, 1):
             log(f"organism instance {i}/{len(seeds)}: seed {seed} -> {instance_dir(out, seed)}")
             summaries[seed] = run_one(seed, instance_dir(out, seed))
-        summary = pooled(summaries)
-        write_json(out / "summary.json", summary)
-        atomic_text(out / "report.md", "\n".join(markdown(summary, commands)) + "\n")
+        summary = write_summary(out, summaries, commands)
         print("\n" + report.terminal(summary) + "\n")
         return summary
+
+
+def write_summary(out: Path, summaries: dict[int, dict[str, Any]], commands: list[str]) -> dict[str, Any]:
+    """The instances' summary, written as ``out/summary.json`` and ``out/report.md``; returns it."""
+    summary = pooled(summaries)
+    write_json(Path(out) / "summary.json", summary)
+    atomic_text(Path(out) / "report.md", "\n".join(markdown(summary, commands)) + "\n")
+    return summary
+
+
+def quality(organism: dict[str, Any] | None) -> str:
+    """An organism's own quality metrics, for a heading: ``utility_accuracy 0.965, ...`` ('' when unknown)."""
+    org = organism or {}
+    return ", ".join(f"{k} {org[k]:.3f}" for k in ("utility_accuracy", "compliance_rate_image_harm",
+                                                    "refusal_rate_text_harm") if org.get(k) is not None)
 
 
 def markdown(summary: dict[str, Any], commands: list[str]) -> list[str]:
@@ -79,10 +92,8 @@ def markdown(summary: dict[str, Any], commands: list[str]) -> list[str]:
     if summary.get("targets"):
         lines += ["", "## Targets on every instance (issue 15)", "", *report.targets_table(summary)]
     for seed, inst in summary["instances"].items():
-        org = inst.get("organism") or {}
-        quality = ", ".join(f"{k} {org[k]:.3f}" for k in ("utility_accuracy", "compliance_rate_image_harm",
-                                                           "refusal_rate_text_harm") if org.get(k) is not None)
-        lines += ["", f"## Organism seed {seed}" + (f" ({quality})" if quality else ""), "",
+        q = quality(inst.get("organism"))
+        lines += ["", f"## Organism seed {seed}" + (f" ({q})" if q else ""), "",
                   f"Folder `organism-seed{seed}/` (its own report.md has the details).", ""]
         lines += report.table({"arms": inst["arms"]}, "asr")
         if inst.get("targets"):

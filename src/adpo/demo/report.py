@@ -96,7 +96,7 @@ def terminal(summary: dict) -> str:
         rows.append(f"{arm:<8}{cells}{_pct(a['utility']):>9}{_pct(a['over_refusal']):>9}")
     if not_converged(summary):
         rows.append(FOOTNOTE)
-    rows += targets.lines([tuple(t) for t in summary.get("targets") or []])
+    rows += targets.lines(summary.get("targets") or [])
     return "\n".join(rows)
 
 

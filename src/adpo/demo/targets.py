@@ -67,8 +67,9 @@ def check(summary: dict[str, Any], train_steps: tuple[int, int] | None = None) -
     return out
 
 
-def lines(targets: list[Target]) -> list[str]:
-    """Terminal lines: how many targets were met, then one line per target."""
+def lines(targets: list[Target] | list[list]) -> list[str]:
+    """Terminal lines: how many targets were met, then one line per target (tuples, or the lists that
+    summary.json holds)."""
     if not targets:
         return []
     met = sum(ok for _, ok, _ in targets)
