@@ -1,9 +1,11 @@
+import dataclasses
+import hashlib
 import json
 
 import pytest
 
 from adpo.organism.build import ModelConfig
-from adpo.organism.pretrain import MARKER, PretrainConfig, fingerprint, pretrain, train_base
+from adpo.organism.pretrain import MARKER, ORGANISM_VERSION, PretrainConfig, fingerprint, pretrain, train_base
 from adpo.organism.world import World, WorldConfig
 
 TINY = ModelConfig(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2, text_intermediate=64,
@@ -60,3 +62,14 @@ def test_unwritable_output(tmp_path):
     f.write_text("")
     with pytest.raises(PermissionError, match="not writable"):
         pretrain(f / "x", WorldConfig(), TINY, FEW, log=lambda s: None, progress=False)
+
+
+def test_a_later_option_at_its_neutral_value_keeps_earlier_fingerprints():
+    """Organisms cached before ``position_questions`` existed stay cached while it is 0 (the same stream);
+    any other value is another organism."""
+    before = {k: v for k, v in dataclasses.asdict(FEW).items() if k != "position_questions"}
+    blob = json.dumps({"v": ORGANISM_VERSION, "world": WorldConfig().to_dict(), "model": TINY.to_dict(),
+                       "train": before}, sort_keys=True)
+    assert fingerprint(WorldConfig(), TINY, FEW) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    other = dataclasses.replace(FEW, position_questions=0.15)
+    assert fingerprint(WorldConfig(), TINY, other) != fingerprint(WorldConfig(), TINY, FEW)

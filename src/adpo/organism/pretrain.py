@@ -67,9 +67,19 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
+# Pre-training options added after organisms were first cached, at the value that reproduces the earlier stream.
+NEUTRAL_LATER_OPTIONS: dict[str, Any] = {"position_questions": 0.0}
+
+
 def fingerprint(world: WorldConfig, model: ModelConfig, train: PretrainConfig) -> str:
+    """What a cached organism was built from. An option added later at its neutral value (the stream before
+    it, byte-identical) is left out, so organisms pre-trained before it still count as cached."""
+    options = train.to_dict()
+    for name, neutral in NEUTRAL_LATER_OPTIONS.items():
+        if options.get(name) == neutral:
+            del options[name]
     blob = json.dumps({"v": ORGANISM_VERSION, "world": world.to_dict(), "model": model.to_dict(),
-                       "train": train.to_dict()}, sort_keys=True)
+                       "train": options}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
