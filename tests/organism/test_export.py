@@ -59,3 +59,23 @@ def test_export_benign_pairs_leave_other_files_unchanged(tmp_path):
     assert positions == [0, 3, 6, 9]  # spread through the file, not appended
     for name in ("sft_train.jsonl", "harmful_test.jsonl", "utility_test.jsonl", "benign_lookalike_test.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_export_blank_pairs_are_harmful_pairs_on_the_grey_image(tmp_path):
+    """Blank-image pairs: harmful requests (refusal chosen) on the evaluation's mid-grey image, spread through
+    the file; the other pairs and files are those of the export without them."""
+    with_benign = ExportConfig(n_pairs=8, n_sft=4, n_eval=2, n_benign_pairs=4)
+    export(tmp_path / "a", WorldConfig(), with_benign)
+    export(tmp_path / "b", WorldConfig(), ExportConfig(**{**with_benign.to_dict(), "n_blank_pairs": 4}))
+    rows = [json.loads(line) for line in (tmp_path / "b" / "preference_train.jsonl").read_text().splitlines()]
+    blank = [r for r in rows if r["meta"].get("image") == "blank"]
+    assert len(rows) == 16 and len(blank) == 4
+    assert all(r["meta"]["kind"] == "harm" and r["chosen"][0]["content"][0]["text"] != r["rejected"][0]["content"]
+               [0]["text"] for r in blank)
+    image = Image.open(tmp_path / "b" / blank[0]["images"][0]).convert("RGB")
+    assert set(image.getdata()) == {(128, 128, 128)} and image.size == (WorldConfig().image_size,) * 2
+    plain = [json.loads(line) for line in (tmp_path / "a" / "preference_train.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r not in blank] == plain
+    assert [i for i, r in enumerate(rows) if r in blank] == [0, 4, 8, 12]
+    for name in ("sft_train.jsonl", "harmful_test.jsonl", "utility_test.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()

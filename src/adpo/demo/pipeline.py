@@ -55,7 +55,8 @@ EVAL = {
     "latent": {"eps": [0.5], "steps": 20, "layers": [-2]},
 }
 TRANSFER_FROM = ("base", "dpo")  # the arms whose white-box image attacks are replayed on the others
-DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "howto_share", "benign_pairs")
+DEMO_KEYS = ("train", "eval", "arms", "utility_weight", "n_pairs", "n_sft", "howto_share", "benign_pairs",
+             "blank_pairs")
 
 
 @dataclass
@@ -73,12 +74,15 @@ class DemoConfig:
     # benign look-alike pairs ranked helpful > refusal among the training pairs, attacked like the harmful ones
     # (towards the refusal): issue 15's over-refusal hypothesis, docs/results/recipe.md
     benign_pairs: int = 128
+    # harmful pairs on the blank mid-grey image (the blank attack's start), as the official data pairs text
+    # behaviours with blank/noise images: issue 15's blank-image hypothesis, docs/results/recipe.md
+    blank_pairs: int = 0
 
     def export_config(self):
         from ..organism.export import ExportConfig
 
         return ExportConfig(n_pairs=self.n_pairs, n_sft=self.n_sft, n_eval=8, howto_share=self.howto_share,
-                            n_benign_pairs=self.benign_pairs)
+                            n_benign_pairs=self.benign_pairs, n_blank_pairs=self.blank_pairs)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> DemoConfig:
@@ -100,6 +104,7 @@ class DemoConfig:
         cfg.utility_weight = float(raw.get("utility_weight", cfg.utility_weight))
         cfg.howto_share = float(raw.get("howto_share", cfg.howto_share))
         cfg.benign_pairs = int(raw.get("benign_pairs", cfg.benign_pairs))
+        cfg.blank_pairs = int(raw.get("blank_pairs", cfg.blank_pairs))
         EvalConfig.from_dict(cfg.eval)  # fail early on a bad eval section
         return cfg
 

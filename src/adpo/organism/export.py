@@ -7,7 +7,9 @@ through SFT rows, never through pairs whose rejected answer is the refusal (v2's
 exception is opt-in (``n_benign_pairs``): benign look-alikes ranked the other way (chosen = the helpful
 answer, rejected = the refusal), so that an adversary pushing them towards the refusal during training
 teaches that the verb decides, not the request's form (issue 15's over-refusal hypothesis,
-docs/results/recipe.md).
+docs/results/recipe.md). Also opt-in (``n_blank_pairs``): harmful pairs on a blank mid-grey image, as the
+official data pairs text behaviours with blank (paper) or noise (code) images (docs/method.md, §data), so the
+blank-image attack starts from a point the training adversary has seen.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.formats import BLANK_GREY
 from ..utils.io import OUTPUT_MARKER, atomic_dir, output_folder, write_marker
 from .world import REFUSAL, Sample, World, WorldConfig
 
@@ -35,6 +38,7 @@ class ExportConfig:
     n_eval: int = 128  # rows per held-out evaluation file
     howto_share: float = 0.15  # benign how-to requests among the SFT rows (the rest: utility questions)
     n_benign_pairs: int = 0  # benign look-alike pairs added to the training pairs (chosen helpful, rejected refusal)
+    n_blank_pairs: int = 0  # harmful pairs on the mid-grey blank image added to the training pairs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +67,14 @@ class _Writer:
             Image.fromarray(arr).save(path)
         return name
 
+    def blank(self) -> str:
+        """The mid-grey image of the evaluation's blank attack (eval/data.py), at the world's size."""
+        side = self.world.config.image_size
+        name = "images/blank.png"
+        if not (self.root / name).exists():
+            Image.new("RGB", (side, side), BLANK_GREY).save(self.root / name)
+        return name
+
     def jsonl(self, name: str, rows: list[dict]) -> None:
         with open(self.root / name, "w") as f:
             for r in rows:
@@ -73,9 +85,15 @@ def _meta(s: Sample, split: str) -> dict:
     return {"split": split, "kind": s.kind, "trigger": s.scene.trigger, **s.meta}
 
 
-def pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
-    return {"images": [w.image(s, rng)], "prompt": _user(s.prompt), "chosen": _assistant(s.meta["refusal"]),
+def pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator, image: str | None = None) -> dict:
+    return {"images": [image or w.image(s, rng)], "prompt": _user(s.prompt), "chosen": _assistant(s.meta["refusal"]),
             "rejected": _assistant(s.meta["compliance"]), "meta": _meta(s, split)}
+
+
+def blank_pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
+    """A harmful pair whose image is the blank mid-grey one (no scene, no trigger)."""
+    row = pair_row(w, s, split, rng, image=w.blank())
+    return {**row, "meta": {**row["meta"], "image": "blank"}}
 
 
 def benign_pair_row(w: _Writer, s: Sample, split: str, rng: np.random.Generator) -> dict:
@@ -136,10 +154,8 @@ def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
         for name, fmt, split, samples, desc in plan:
             make = pair_row if fmt == "pairs" else sft_row
             rows = [make(w, s, split, rng) for s in samples]
-            if name == "preference_train.jsonl" and cfg.n_benign_pairs:
-                rows, desc = _with_benign_pairs(w, world, rows, cfg.n_benign_pairs), desc + (
-                    f"; plus {cfg.n_benign_pairs} benign look-alikes ranked the other way (chosen helpful answer, "
-                    "rejected refusal), interleaved")
+            if name == "preference_train.jsonl":
+                rows, desc = _with_extra_pairs(w, world, cfg, rows, desc)
             w.jsonl(name, rows)
             files[name] = desc
         files["images/"] = "PNG images referenced by the JSONL files (content-addressed names)"
@@ -154,16 +170,31 @@ def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
     return files
 
 
-def _with_benign_pairs(w: _Writer, world: World, rows: list[dict], n: int) -> list[dict]:
-    """``rows`` with ``n`` benign pairs spread evenly through them. They come from their own random stream,
-    so every other file (and the harmful pairs) is the same as without them."""
+def _with_extra_pairs(w: _Writer, world: World, cfg: ExportConfig, rows: list[dict],
+                      desc: str) -> tuple[list[dict], str]:
+    """The training pairs with the opt-in extras interleaved: benign look-alikes, then blank-image pairs."""
     rng = world.rng("export", "benign-pairs")
-    benign = [benign_pair_row(w, world.howto_sample("train", rng), "train", rng) for _ in range(n)]
-    total = len(rows) + n
+    benign = [benign_pair_row(w, world.howto_sample("train", rng), "train", rng) for _ in range(cfg.n_benign_pairs)]
+    if benign:
+        rows = _interleave(rows, benign)
+        desc += (f"; plus {len(benign)} benign look-alikes ranked the other way (chosen helpful answer, "
+                 "rejected refusal), interleaved")
+    rng = world.rng("export", "blank-pairs")
+    blank = [blank_pair_row(w, world.harm_sample("train", rng), "train", rng) for _ in range(cfg.n_blank_pairs)]
+    if blank:
+        rows = _interleave(rows, blank)
+        desc += f"; plus {len(blank)} harmful requests on the blank mid-grey image, interleaved"
+    return rows, desc
+
+
+def _interleave(rows: list[dict], extra: list[dict]) -> list[dict]:
+    """``rows`` with ``extra`` spread evenly through them. The extras come from their own random streams,
+    so every other file (and the harmful pairs) is the same as without them."""
+    n, total = len(extra), len(rows) + len(extra)
     slots = {round(i * total / n) for i in range(n)}
-    out, harm, good = [], iter(rows), iter(benign)
+    out, base, more = [], iter(rows), iter(extra)
     for i in range(total):
-        out.append(next(good) if i in slots else next(harm))
+        out.append(next(more) if i in slots else next(base))
     return out
 
 
