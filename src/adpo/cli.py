@@ -94,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         world, model, train = _organism_configs(args, extra=DEMO_KEYS)
         _print_config("adpo demo", {"world": world, "model": model, "pretrain": train})
         log.info(yaml.safe_dump({"arms": list(demo.arms), "seeds": args.seeds, "utility_weight": demo.utility_weight,
-                              "train (every arm)": demo.train,
+                              "data": demo.export_config().to_dict(), "train (every arm)": demo.train,
                               "eval (every arm)": demo.eval}, sort_keys=False).rstrip())
 
         def base() -> dict[str, Any]:
