@@ -66,6 +66,7 @@ def test_export_blank_pairs_are_harmful_pairs_on_the_grey_image(tmp_path):
     the file; the other pairs and files are those of the export without them."""
     with_benign = ExportConfig(n_pairs=8, n_sft=4, n_eval=2, n_benign_pairs=4)
     export(tmp_path / "a", WorldConfig(), with_benign)
+    assert "n_blank_pairs" not in with_benign.to_dict()  # the options' key of exports made before the option
     export(tmp_path / "b", WorldConfig(), ExportConfig(**{**with_benign.to_dict(), "n_blank_pairs": 4}))
     rows = [json.loads(line) for line in (tmp_path / "b" / "preference_train.jsonl").read_text().splitlines()]
     blank = [r for r in rows if r["meta"].get("image") == "blank"]

@@ -41,7 +41,12 @@ class ExportConfig:
     n_blank_pairs: int = 0  # harmful pairs on the mid-grey blank image added to the training pairs
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options; ``n_blank_pairs`` (added later) only when used, so the demo's data folders and the
+        arms trained on them, keyed by these options, stay valid across the upgrade."""
+        options = asdict(self)
+        if not options["n_blank_pairs"]:
+            del options["n_blank_pairs"]
+        return options
 
 
 def _user(text: str) -> list[dict]:
