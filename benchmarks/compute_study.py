@@ -149,19 +149,22 @@ def cheapest(rows: list[dict], reference_k: int, tolerance: float) -> dict:
     for r in rows:
         settings.setdefault((r["variant"], r["K"]), []).append(r)
     ref_seconds = statistics.mean(r["train_seconds"] for r in ref.values())
+    ref_passes = statistics.mean(r["passes"] for r in ref.values())
     ok = []
     for (variant, k), runs in settings.items():
         if {r["organism"] for r in runs} != set(ref):
             continue
         worst = max((r["asr"][a] or 0) - (ref[r["organism"]]["asr"][a] or 0) for r in runs for a in r["asr"])
         if worst <= tolerance + 1e-9:
-            ok.append((statistics.mean(r["train_seconds"] for r in runs), variant, k, worst))
-    seconds, variant, k, worst = min(ok)
+            ok.append((statistics.mean(r["train_seconds"] for r in runs), variant, k, worst,
+                       statistics.mean(r["passes"] for r in runs)))
+    seconds, variant, k, worst, passes = min(ok)
     return {"cheapest": f"{variant} K={k}", "mean_train_seconds": round(seconds, 2),
             "share_of_reference_time": round(seconds / ref_seconds, 3), "worst_asr_excess": round(worst, 4),
+            "share_of_reference_passes": round(passes / ref_passes, 3) if ref_passes else None,
             "reference": f"plain K={reference_k}", "reference_seconds": round(ref_seconds, 2),
             "within_half": seconds <= 0.5 * ref_seconds, "tolerance": tolerance,
-            "qualifying": [f"{v} K={kk}" for _, v, kk, _ in sorted(ok)]}
+            "qualifying": [f"{v} K={kk}" for _, v, kk, _, _ in sorted(ok)]}
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 VARIANTS = {"persistent": {"persistent_perturbations": True},
-            "early-stop": {"attack_stop_below": 20.0},
+            "early-stop": {},  # attack_stop_below from --stop-below
             "free-2": {"free_replays": 2}}
 EXTRA = [("adpo", 3, name) for name in VARIANTS]
 
@@ -64,7 +64,8 @@ def measure(method: str, k: int, variant: str, args) -> dict:
     raw = {"method": method, "model": str(args.organism), "data": str(args.data / "preference_train.jsonl"),
            "utility_data": str(args.data / "sft_train.jsonl"), "out": "unused",
            "train": {"steps": args.steps + 3, "batch_size": args.batch, "utility_batch_size": args.batch,
-                     "lr": 1e-4, "threat": "image", **VARIANTS.get(variant, {})},
+                     "lr": 1e-4, "threat": "image", **VARIANTS.get(variant, {}),
+                     **({"attack_stop_below": args.stop_below} if variant == "early-stop" else {})},
            "image": {"eps": 0.2, "step_size": 0.05, "steps": max(k, 1), "random_start": True, "keep_best": False}}
     if method == "adpo":
         raw["reference"] = str(args.reference)
@@ -160,6 +161,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--ks", default="1,3,10", help="attack steps K of at and adpo")
     ap.add_argument("--variants", action="store_true", help="add adpo K=3 with the cheaper adversaries")
+    ap.add_argument("--stop-below", type=float, default=2.5, help="the early-stop variant's threshold (rejected "
+                                                                  "answer's NLL, nats)")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "K", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

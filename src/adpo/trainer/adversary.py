@@ -46,8 +46,8 @@ class Adversary:
         self.rows: list[int] = []  # the dataset rows of the current micro-batch's pairs
         self.replay = 0
         self.passes = 0.0  # input-gradient passes spent by the attacks so far, in batch units (benchmarks)
-        self._pending: tuple[list[Threat], list[Any], list[torch.Tensor], list[int]] | None = None
-        self._ctx: AttackContext | None = None
+        # free training: (parts, states, leaves, context) of the perturbation awaiting the policy's backward
+        self._pending: tuple[list[Threat], list[Any], list[torch.Tensor], AttackContext] | None = None
 
     @property
     def keeps_state(self) -> bool:
@@ -110,8 +110,7 @@ class Adversary:
             p.attach(ctx, s, result)
             p.finish(ctx, s, norms)
         result.norms = norms.norms
-        self._pending = (parts, states, leaves, list(self.rows))
-        self._ctx = ctx
+        self._pending = (parts, states, leaves, ctx)
         return result
 
     def after_backward(self) -> None:
@@ -119,7 +118,7 @@ class Adversary:
         left on it (the training loss's input gradient), projected; kept for the batch's next replay."""
         if self._pending is None:
             return
-        parts, states, leaves, rows = self._pending
+        parts, states, leaves, ctx = self._pending
         self._pending = None
         grads = [torch.zeros_like(v) if v.grad is None else -torch.nan_to_num(v.grad, nan=0.0, posinf=0.0,
                                                                              neginf=0.0)
@@ -128,11 +127,9 @@ class Adversary:
         with torch.no_grad():
             for p, s in zip(parts, states):
                 n = len(p.variables(s))
-                p.step(s, grads[:n], torch.zeros(len(rows)))
+                p.step(s, grads[:n], torch.zeros(len(self.rows)))
                 grads = grads[n:]
-                p.finish(self._ctx, s, result)
-        self._ctx = None
-        self.rows = rows
+                p.finish(ctx, s, result)
         self.remember(result)
 
     # -- checkpoints ---------------------------------------------------------------------------------
