@@ -60,22 +60,11 @@ OPTS = {"train": {"steps": 6, "save_every": 3, "threat": "joint"}, "image": {"ra
 @pytest.mark.parametrize("options", [{"free_replays": 2, "persistent_perturbations": True},
                                      {"persistent_perturbations": True, "attack_stop_below": 135.0}],
                          ids=["free+persistent", "persistent+early-stop"])
-def test_resume_is_bit_identical_with_the_adversary_state_saved(run_args, tmp_path, monkeypatch, options):
+def test_resume_is_bit_identical_with_the_adversary_state_saved(run_args, tmp_path, killed_after, options):
     opts = {**OPTS, "train": {**OPTS["train"], **options}}
     loop.train(RunConfig.from_dict(run_args("at-dpo", out="full", **opts)), progress=False)
     part = RunConfig.from_dict(run_args("at-dpo", out="part", **opts))
-    real_save = loop.checkpoint.save
-
-    def save_then_die(folder, step, *args, **kwargs):
-        path = real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill after the step-3 checkpoint")
-        return path
-
-    monkeypatch.setattr(loop.checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(part, progress=False)
-    monkeypatch.setattr(loop.checkpoint, "save", real_save)
+    killed_after(part, 3)
     saved = read_state(tmp_path / "part" / "checkpoints" / "step-000003" / ADVERSARY)  # plain tensors
     assert "image" in saved[0] and any(k.startswith("latent@") for k in saved[0])
     assert all(len(v) for v in saved[0].values())
