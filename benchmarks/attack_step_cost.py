@@ -3,6 +3,8 @@
 An attack step is one forward and one backward to the perturbation (parameters frozen, so no weight
 gradients); the reference is one training forward+backward (weight gradients) on the same batch.
 Each kind of pass is timed in interleaved repetitions and the median is reported with its spread.
+``latent-truncated`` rows run the same attack with ``truncate=True`` (layer 1 of 4, and the demo's
+layer -2: the layers below run once, without grad).
 Usage: python benchmarks/attack_step_cost.py --organism runs/organism [--batch 32] [--steps 20] [--repeats 5]
 """
 
@@ -45,6 +47,11 @@ def main() -> int:
 
     threats = {"image": ImagePGD(eps=16 / 255, steps=args.steps),
                "latent": LatentPGD(eps=0.5, steps=args.steps, layers=(1,), relative=True),
+               # the layers below the latent layer once, only those above per step (latent.truncate)
+               "latent-truncated": LatentPGD(eps=0.5, steps=args.steps, layers=(1,), relative=True, truncate=True),
+               "latent-top": LatentPGD(eps=0.5, steps=args.steps, layers=(-2,), relative=True),
+               "latent-top-truncated": LatentPGD(eps=0.5, steps=args.steps, layers=(-2,), relative=True,
+                                                 truncate=True),
                "joint": JointPGD(ImagePGD(eps=16 / 255), LatentPGD(eps=0.5, layers=(1,), relative=True),
                                  steps=args.steps)}
 

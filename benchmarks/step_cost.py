@@ -2,16 +2,22 @@
 
 Prints one JSON object per line::
 
-    {"method": ..., "K": ..., "ms_per_step": ..., "floor_ms": ..., "peak_rss_mb": ..., ...}
+    {"method": ..., "K": ..., "variant": ..., "ms_per_step": ..., "floor_ms": ..., "over_floor": ..., ...}
 
 * ``ms_per_step``: median wall time of a real optimizer step of the training loop (``Session.step``,
-  logging off), after warm-up steps;
-* ``floor_ms``: the sum of the step's unavoidable passes, each timed alone on the same batch —
-  K input-gradient passes of the attack (parameters frozen), the reference forward (DPO family), the
-  policy forward/backward, and the utility forward/backward (AT) — so ``ms_per_step / floor_ms`` is the
-  loop's overhead;
+  logging off), after warm-up steps, with its min–max over the timed steps;
+* ``floor_ms``: the sum of the step's unavoidable passes, on the same batch — K input-gradient passes of
+  the attack (parameters frozen), the reference forward (DPO family), the policy forward/backward, and
+  the utility forward/backward (AT). Each pass is timed *in the same run, interleaved with the steps*
+  (one step, then one of each pass, repeated), so host load drifts hit both alike; medians, min–max;
+* ``over_floor``: ms_per_step / floor_ms, the loop's overhead (the adversary's bookkeeping, the
+  perturbation's encode, the attack's final loss evaluation);
 * ``peak_rss_mb``: peak resident memory of a fresh process that ran only this configuration (each
-  configuration runs in its own subprocess, so peaks do not leak between them).
+  configuration runs in its own subprocess, so peaks do not leak between them); ``step_peak_mb``: that
+  peak over the process's resident memory once set up (what the steps themselves added).
+
+``--variants`` adds ADPO with the cheaper adversaries of ``adpo.trainer.adversary`` at K = 3 (persistent,
+early stop, free replays): their floor counts the attack passes they actually spent (``adv/passes``).
 
 Usage: python benchmarks/step_cost.py [--organism runs/organism/model] [--data runs/export] [--steps 12]
 The organism and export are built first if missing (about 3 minutes).
@@ -31,20 +37,23 @@ from pathlib import Path
 
 import torch
 
-COMBOS = [("dpo", 0)] + [(m, k) for m in ("at", "adpo") for k in (1, 3, 10)]
+VARIANTS = {"persistent": {"persistent_perturbations": True},
+            "early-stop": {},  # attack_stop_below from --stop-below
+            "free-2": {"free_replays": 2}}
+EXTRA = [("adpo", 3, name) for name in VARIANTS]
 
 
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(1000 * statistics.median(values), 1), "min": round(1000 * min(values), 1),
+            "max": round(1000 * max(values), 1)}
 
 
-def measure(method: str, k: int, args) -> dict:
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(method: str, k: int, variant: str, args) -> dict:
     from adpo.data.collate import halves, image_keys
     from adpo.threats import attack_mode, targeted_nll
     from adpo.trainer.config import RunConfig
@@ -55,20 +64,12 @@ def measure(method: str, k: int, args) -> dict:
     raw = {"method": method, "model": str(args.organism), "data": str(args.data / "preference_train.jsonl"),
            "utility_data": str(args.data / "sft_train.jsonl"), "out": "unused",
            "train": {"steps": args.steps + 3, "batch_size": args.batch, "utility_batch_size": args.batch,
-                     "lr": 1e-4, "threat": "image"},
+                     "lr": 1e-4, "threat": "image", **VARIANTS.get(variant, {}),
+                     **({"attack_stop_below": args.stop_below} if variant == "early-stop" else {})},
            "image": {"eps": 0.2, "step_size": 0.05, "steps": max(k, 1), "random_start": True, "keep_best": False}}
     if method == "adpo":
         raw["reference"] = str(args.reference)
     s = setup(RunConfig.from_dict(raw))
-    times = []
-    for i in range(args.steps + 3):
-        t0 = time.perf_counter()
-        s.step(i, log=False)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    ms = 1000 * statistics.median(times)
-
-    # the floor, pass by pass, on one batch
     batch = _to(s.stream.batch(0), s.acc.device)
     chosen, rejected = halves(batch)
     core, ctx = s.ctx.core, s.ctx
@@ -97,17 +98,37 @@ def measure(method: str, k: int, args) -> dict:
         sft_forward(s.model, _to(s.util_stream.batch(0), s.acc.device), None, ctx).backward()
         s.optimizer.zero_grad(set_to_none=True)
 
-    reps = args.floor_reps
     if method == "at":
         parts = {"attack_pass": input_grad, "policy": chosen_fwd_bwd, "utility": utility_fwd_bwd}
     else:
         parts = {"attack_pass": input_grad, "reference": ref_forward, "policy": policy_fwd_bwd}
-    part_ms = {name: _median_ms(fn, reps) for name, fn in parts.items()}
-    floor = k * part_ms["attack_pass"] + sum(v for n, v in part_ms.items() if n != "attack_pass")
+    rss0 = _rss_mb()
+    step_times: list[float] = []
+    part_times: dict[str, list[float]] = {name: [] for name in parts}
+    passes: list[float] = []
+    for i in range(args.steps + 3):  # one step, then one of each pass: interleaved, so drift hits all alike
+        spent = s.ctx.adversary.passes
+        t0 = time.perf_counter()
+        s.step(i, log=False)
+        if i < 3:
+            continue  # warm-up
+        step_times.append(time.perf_counter() - t0)
+        passes.append(s.ctx.adversary.passes - spent)
+        for name, fn in parts.items():
+            t0 = time.perf_counter()
+            fn()
+            part_times[name].append(time.perf_counter() - t0)
+    part_ms = {n: _spread(v) for n, v in part_times.items()}
+    spent = statistics.mean(passes)  # attack passes per step (fewer than K with early stop, 0 free)
+    floor = [spent * a + sum(part_times[n][j] for n in parts if n != "attack_pass")
+             for j, a in enumerate(part_times["attack_pass"])]
+    floor_ms = _spread(floor)
+    step_ms = _spread(step_times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"method": method, "K": k, "ms_per_step": round(ms, 1), "floor_ms": round(floor, 1),
-            "overhead": round(ms / floor, 2), "peak_rss_mb": round(peak, 1),
-            "parts_ms": {n: round(v, 1) for n, v in part_ms.items()}, "batch_pairs": args.batch,
+    return {"method": method, "K": k, "variant": variant or "plain", "ms_per_step": step_ms,
+            "floor_ms": floor_ms, "over_floor": round(step_ms["median"] / floor_ms["median"], 2),
+            "attack_passes_per_step": round(spent, 2), "peak_rss_mb": round(peak, 1),
+            "step_peak_mb": round(max(0.0, peak - rss0), 1), "parts_ms": part_ms, "batch_pairs": args.batch,
             "threads": args.threads, "steps_timed": args.steps}
 
 
@@ -135,34 +156,44 @@ def main() -> int:
     ap.add_argument("--organism", type=Path, default=Path("runs/organism/model"))
     ap.add_argument("--data", type=Path, default=Path("runs/export"))
     ap.add_argument("--reference", type=Path, default=Path("runs/bench-at"), help="AT run for adpo (made if missing)")
-    ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps per configuration")
-    ap.add_argument("--floor-reps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps (and passes) per configuration")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--one", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--ks", default="1,3,10", help="attack steps K of at and adpo")
+    ap.add_argument("--variants", action="store_true", help="add adpo K=3 with the cheaper adversaries")
+    ap.add_argument("--stop-below", type=float, default=2.5, help="the early-stop variant's threshold (rejected "
+                                                                  "answer's NLL, nats)")
+    ap.add_argument("--one", nargs=3, metavar=("METHOD", "K", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args)), flush=True)
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.one[2].replace("plain", ""), args)),
+              flush=True)
         return 0
     ensure_inputs(args)
     print(json.dumps({"machine": f"{os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}"}),
           flush=True)
+    ks = [int(k) for k in args.ks.split(",")]
+    combos = [("dpo", 0, "")] + [(m, k, "") for m in ("at", "adpo") for k in ks] + (EXTRA if args.variants else [])
     rows = {}
-    for method, k in COMBOS:
-        cmd = [sys.executable, __file__, "--one", method, str(k), *sys.argv[1:]]
+    for method, k, variant in combos:
+        cmd = [sys.executable, __file__, "--one", method, str(k), variant or "plain", *sys.argv[1:]]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stderr[-3000:], file=sys.stderr)
             return 1
         line = res.stdout.strip().splitlines()[-1]
-        rows[(method, k)] = json.loads(line)
+        rows[(method, k, variant)] = json.loads(line)
         print(line, flush=True)
-    dpo = rows[("dpo", 0)]
-    for k in (1, 3, 10):
-        a = rows[("adpo", k)]
-        print(json.dumps({"summary": f"adpo K={k}", "adpo_over_dpo": round(a["ms_per_step"] / dpo["ms_per_step"], 2),
-                          "adpo_over_floor": a["overhead"],
-                          "rss_adpo_over_dpo": round(a["peak_rss_mb"] / dpo["peak_rss_mb"], 3)}), flush=True)
+    dpo = rows[("dpo", 0, "")]
+    for (method, k, variant), a in rows.items():
+        if method != "adpo":
+            continue
+        print(json.dumps({"summary": f"adpo K={k} {variant or 'plain'}",
+                          "adpo_over_dpo": round(a["ms_per_step"]["median"] / dpo["ms_per_step"]["median"], 2),
+                          "adpo_over_floor": a["over_floor"],
+                          "rss_adpo_over_dpo": round(a["peak_rss_mb"] / dpo["peak_rss_mb"], 3),
+                          "step_peak_adpo_minus_dpo_mb": round(a["step_peak_mb"] - dpo["step_peak_mb"], 1)}),
+              flush=True)
     return 0
 
 

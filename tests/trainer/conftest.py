@@ -22,3 +22,25 @@ def run_args(tiny_dir, export_dir, tmp_path):
                 raw[name] = opts
         return raw
     return make
+
+
+@pytest.fixture()
+def killed_after(monkeypatch):
+    """``killed_after(run, step)``: train ``run`` until its step-``step`` checkpoint is complete, then stop as a
+    kill would (nothing after that checkpoint is written)."""
+    from adpo.trainer import loop
+
+    def run_until(run, step: int) -> None:
+        real_save = loop.checkpoint.save
+
+        def save_then_die(folder, at, *args, **kwargs):
+            path = real_save(folder, at, *args, **kwargs)
+            if at == step:
+                raise KeyboardInterrupt(f"simulated kill after the step-{step} checkpoint")
+            return path
+
+        monkeypatch.setattr(loop.checkpoint, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(run, progress=False)
+        monkeypatch.setattr(loop.checkpoint, "save", real_save)
+    return run_until

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,22 +16,11 @@ OPTS = {"train": {"steps": 6, "save_every": 3, "scheduler": "cosine", "warmup_ra
         "image": {"random_start": True}, "lora": {"dropout": 0.1}}
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(run_args, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_is_bit_identical(run_args, tmp_path, killed_after):
     loop.train(RunConfig.from_dict(run_args("at-dpo", out="full", **OPTS)), progress=False)
 
     part = RunConfig.from_dict(run_args("at-dpo", out="part", **OPTS))
-    real_save = loop.checkpoint.save
-
-    def save_then_die(folder, step, *args, **kwargs):
-        path = real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill after the step-3 checkpoint")
-        return path
-
-    monkeypatch.setattr(loop.checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(part, progress=False)
-    monkeypatch.setattr(loop.checkpoint, "save", real_save)
+    killed_after(part, 3)
     assert not (tmp_path / "part" / "adapter").exists()
     summary = loop.train(part, resume=True, progress=False)
     assert summary["resumed_from"] == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,3 +67,52 @@ def residual_perturbation(model: nn.Module, deltas: dict[int, torch.Tensor], mas
     finally:
         for h in handles:
             h.remove()
+
+
+class _Skip(nn.Module):
+    """A decoder layer below the cached one: passes its input through (its output is never used)."""
+
+    def __init__(self, tuples: bool):
+        super().__init__()
+        self.tuples = tuples
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
+        return (hidden_states,) if self.tuples else hidden_states
+
+
+class _Replay(nn.Module):
+    """The lowest perturbed layer, replaying its clean outputs (one per forward of the objective, in order)."""
+
+    def __init__(self, outputs: list[Any]):
+        super().__init__()
+        self.outputs, self.calls = outputs, 0
+
+    def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
+        out = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        cached = out[0] if isinstance(out, tuple) else out
+        if hidden_states is not None and cached.shape != hidden_states.shape:
+            raise RuntimeError(f"truncated latent attack: a forward of shape {tuple(hidden_states.shape)} where the "
+                               f"clean pass cached {tuple(cached.shape)}; the objective must repeat its forwards")
+        return out
+
+
+@contextmanager
+def truncated_below(model: nn.Module, layer: int, outputs: list[Any] | None) -> Iterator[None]:
+    """With ``outputs`` (the clean outputs of decoder layer ``layer``, one per forward of the objective):
+    layers ``0..layer`` are swapped for modules that replay them, so a forward computes only the layers
+    above (and the cheap embedding and vision tower); restored on exit or error. ``None``: no change."""
+    if outputs is None:
+        yield
+        return
+    layers = decoder_layers(model)
+    originals = [layers[i] for i in range(layer + 1)]
+    tuples = isinstance(outputs[0], tuple)
+    try:
+        for i in range(layer):
+            layers[i] = _Skip(tuples)
+        layers[layer] = _Replay(outputs)
+        yield
+    finally:
+        for i, m in enumerate(originals):
+            layers[i] = m

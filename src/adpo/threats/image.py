@@ -119,7 +119,11 @@ class ImagePGD(Threat):
 
     def init(self, ctx: AttackContext) -> ImageState:
         x0 = self.clean_images(ctx)
-        return self.with_rule(ImageState(start_point(x0, self, ctx.generator), x0, ctx.codec_kw))
+        x = start_point(x0, self, ctx.generator)
+        for i, w in enumerate(ctx.warm.get("image", ())):  # persistent perturbations: the sample's last image
+            if w is not None:
+                x[i] = project(w.to(x0)[None], x0[i:i + 1], self.eps, self.norm)[0]
+        return self.with_rule(ImageState(x, x0, ctx.codec_kw))
 
     def with_rule(self, state: ImageState) -> ImageState:
         """``state`` with its step rule, for a run of ``self.steps`` steps from its start point."""
@@ -154,6 +158,13 @@ class ImagePGD(Threat):
                  result: AttackResult) -> None:
         result.x_adv = self.image_of(state).detach()
         result.pixel_values = overrides["pixel_values"].detach()
+
+    def select(self, state: ImageState, keep: torch.Tensor) -> ImageState:
+        return ImageState(state.x[keep], state.x0[keep], {k: v[keep] for k, v in state.codec_kw.items()},
+                          state.rule)
+
+    def attach(self, ctx: AttackContext, state: ImageState, result: AttackResult) -> None:
+        result.pixel_values = ctx.codec.encode(self.image_of(state), **state.codec_kw)
 
     def finish(self, ctx: AttackContext, state: ImageState, result: AttackResult) -> None:
         x = self.image_of(state).detach()

@@ -29,6 +29,11 @@ class JointPGD(Threat):
     latent: LatentPGD = field(default_factory=LatentPGD)
     steps: int = 10
 
+    def __post_init__(self) -> None:
+        if self.latent.truncate:
+            raise ValueError("latent.truncate caches the layers below the latent layer, which the image "
+                             "perturbation changes at every step: use it with the latent threat alone")
+
     @classmethod
     def from_sections(cls, name: str, sections: dict[str, Threat]) -> JointPGD:
         image, latent = sections["image"], sections["latent"]

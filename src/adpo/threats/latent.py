@@ -27,7 +27,7 @@ import torch
 
 from ..models.families import unwrap
 from ..utils.config import option
-from .hooks import decoder_layers, residual_perturbation
+from .hooks import decoder_layers, residual_perturbation, truncated_below
 from .protocol import AttackContext, AttackResult, Threat
 from .rules import RULES, Rule, make_rule
 
@@ -62,6 +62,7 @@ class LatentState:
     eps: dict[int, float]  # layer -> absolute radius
     clean_norms: dict[int, torch.Tensor]  # layer -> clean token norms at the masked positions
     rule: Rule | None = None
+    below: list[Any] | None = None  # with ``truncate``: the lowest hooked layer's clean outputs, one per forward
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class LatentPGD(Threat):
     random_start: bool = option(False, "start from a random point of the ball")
     relative: bool = option(False, "eps is a fraction of the layer's median clean token norm")
     keep_best: bool = option(False, "return, per sample, the lowest-loss iterate")
+    truncate: bool = option(False, "run the decoder layers below the lowest perturbed layer once (no grad) and "
+                                   "only the layers above it at each step; exact, for a latent threat alone")
 
     # The training adversary of the official code (LAT; docs/method.md §2.2): what ``adpo train`` uses for
     # every field a config leaves unset. Adam steps of 0.05, 10 steps, eps 0.1, the second-to-last layer.
@@ -106,18 +109,28 @@ class LatentPGD(Threat):
         shape = (mask.shape[0], mask.shape[1], hidden_size(model))
         zeros = {li: torch.zeros(shape, device=device) for li in idx}
         clean_norms: dict[int, torch.Tensor] = {}
-        with torch.no_grad(), residual_perturbation(model, zeros, mask, clean_norms):
-            ctx.objective(model, dict(ctx.clean))
+        below: list[Any] | None = [] if self.truncate else None
+        handle = decoder_layers(model)[idx[0]].register_forward_hook(
+            lambda _m, _a, out: below.append(_detached(out))) if below is not None else None
+        try:
+            with torch.no_grad(), residual_perturbation(model, zeros, mask, clean_norms):
+                ctx.objective(model, dict(ctx.clean))
+        finally:
+            if handle is not None:
+                handle.remove()
         eps = {li: self.eps * (float(clean_norms[li].median()) if self.relative else 1.0) for li in idx}
         deltas = {}
         for li in idx:
             d = torch.zeros(shape, device=device)
             if self.random_start:
                 d = torch.randn(shape, generator=ctx.generator).to(device) * eps[li] / shape[-1] ** 0.5
+            for i, w in enumerate(ctx.warm.get(f"latent@{li}", ())):  # persistent perturbations
+                if w is not None and w.shape[0] == int(mask[i].sum()):
+                    d[i][mask[i]] = w.to(d)
             deltas[li] = project_tokens(d, eps[li])
         rule = make_rule(self.optimizer, leaves=list(deltas.values()), step_size=self.step_size,
                          scales=[eps[li] for li in deltas], steps=self.steps)
-        return LatentState(deltas, mask, eps, clean_norms, rule)
+        return LatentState(deltas, mask, eps, clean_norms, rule, below)
 
     def variables(self, state: LatentState) -> dict[str, torch.Tensor]:
         return {f"latent@{li}": d for li, d in state.deltas.items()}
@@ -144,6 +157,15 @@ class LatentPGD(Threat):
     def project(self, state: LatentState, variables: list[torch.Tensor]) -> list[torch.Tensor]:
         return [project_tokens(d, state.eps[li]) for li, d in zip(state.deltas, variables)]
 
+    def select(self, state: LatentState, keep: torch.Tensor) -> LatentState:
+        below = None if state.below is None else [_rows(out, keep) for out in state.below]
+        return LatentState({li: d[keep] for li, d in state.deltas.items()}, state.mask[keep], state.eps,
+                           state.clean_norms, state.rule, below)
+
+    def attach(self, ctx: AttackContext, state: LatentState, result: AttackResult) -> None:
+        result.prompt_mask = state.mask
+        result.latent = dict(state.deltas)
+
     def snapshot(self, ctx: AttackContext, state: LatentState, overrides: dict[str, torch.Tensor],
                  result: AttackResult) -> None:
         result.prompt_mask = state.mask
@@ -168,5 +190,14 @@ def _hooked(ctx: AttackContext, state: LatentState) -> Iterator[dict[str, torch.
     if not state.deltas:
         yield {}
         return
-    with residual_perturbation(ctx.model, state.deltas, state.mask):
+    with truncated_below(ctx.model, min(state.deltas), state.below), \
+            residual_perturbation(ctx.model, state.deltas, state.mask):
         yield {}
+
+
+def _detached(out: Any) -> Any:
+    return tuple(o.detach() if torch.is_tensor(o) else o for o in out) if isinstance(out, tuple) else out.detach()
+
+
+def _rows(out: Any, keep: torch.Tensor) -> Any:
+    return tuple(o[keep] if torch.is_tensor(o) else o for o in out) if isinstance(out, tuple) else out[keep]

@@ -21,6 +21,30 @@ Objective = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 MODEL_KEYS_EXCLUDED = ("labels", "prompt_mask")
 
 
+def select_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rows ``rows`` (a bool mask or indices) of a batch whose tensors all have one row per sample.
+
+    Qwen2-VL's patch layout (``image_grid_thw``: pixel rows are patches, not samples) has no such rows."""
+    if "image_grid_thw" in batch:
+        raise ValueError("selecting samples of a batch needs one pixel row per sample; Qwen2-VL's patch layout "
+                         "(image_grid_thw) has none")
+    return {k: v[rows] for k, v in batch.items()}
+
+
+class RowObjective:
+    """An objective over row batches that can be restricted to some of its samples (:meth:`select`), so the
+    attack loop's per-sample early stop stops spending passes on the samples already won."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *batches: dict[str, torch.Tensor]):
+        self.fn, self.batches = fn, batches
+
+    def __call__(self, model: nn.Module, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.fn(model, overrides, *self.batches)
+
+    def select(self, rows: torch.Tensor) -> RowObjective:
+        return RowObjective(self.fn, *(select_rows(b, rows) for b in self.batches))
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keyword arguments of ``model(...)`` in a batch (without ``labels`` and ``prompt_mask``)."""
     return {k: v for k, v in batch.items() if k not in MODEL_KEYS_EXCLUDED}
@@ -37,9 +61,7 @@ def targeted_nll(batch: dict[str, torch.Tensor], chunk: int = 0) -> Objective:
 
     ``chunk``: response tokens per log-prob chunk (:func:`adpo.objectives.logps.model_logps`; 0 = full logits).
     """
-    def objective(model: nn.Module, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -_logps(model, batch, overrides, chunk)
-    return objective
+    return RowObjective(lambda model, overrides, b: -_logps(model, b, overrides, chunk), batch)
 
 
 def dpo_margin(chosen: dict[str, torch.Tensor], rejected: dict[str, torch.Tensor], chunk: int = 0) -> Objective:
@@ -47,9 +69,8 @@ def dpo_margin(chosen: dict[str, torch.Tensor], rejected: dict[str, torch.Tensor
 
     Both batches share the perturbation (one image per pair, as in the paper's code).
     """
-    def objective(model: nn.Module, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
-        return _logps(model, chosen, overrides, chunk) - _logps(model, rejected, overrides, chunk)
-    return objective
+    return RowObjective(lambda model, overrides, c, r: _logps(model, c, overrides, chunk) - _logps(
+        model, r, overrides, chunk), chosen, rejected)
 
 
 def prefix_nll(batch: dict[str, torch.Tensor], tokens: int = 4, chunk: int = 0) -> Objective:

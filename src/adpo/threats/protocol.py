@@ -34,7 +34,7 @@ from torch import nn
 
 from .codecs import codec_inputs
 from .hooks import residual_perturbation
-from .objectives import Objective
+from .objectives import Objective, select_rows
 
 
 @dataclass
@@ -48,10 +48,21 @@ class AttackContext:
     codec: Any = None
     generator: torch.Generator | None = None
     clean: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per variable name (as ``Threat.variables`` names them), one start point per sample or None (the threat's
+    # own start): the warm start of persistent perturbations; a latent entry holds the prompt positions' rows
+    warm: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
 
     @property
     def codec_kw(self) -> dict[str, torch.Tensor]:
         return codec_inputs(self.codec, self.inputs) if self.codec is not None else {}
+
+    def select(self, keep: torch.Tensor) -> AttackContext:
+        """The context of the samples ``keep`` (a (B,) bool mask) only: inputs, objective, clean overrides."""
+        if not hasattr(self.objective, "select"):
+            raise ValueError("per-sample early stop needs an objective that can select samples "
+                             "(adpo.threats.objectives.RowObjective)")
+        return AttackContext(self.model, select_rows(self.inputs, keep), self.objective.select(keep), self.codec,
+                             self.generator, select_rows(self.clean, keep))
 
 
 @dataclass
@@ -66,6 +77,7 @@ class AttackResult:
     prompt_mask: torch.Tensor | None = None  # (B, Tp)
     norms: dict[str, Any] = field(default_factory=dict)
     delta: torch.Tensor | None = None  # (1, C, H, W): the shared perturbation of a universal attack
+    passes: float = 0.0  # input-gradient passes spent, in whole-batch units (early stop makes them fractional)
 
     @contextmanager
     def applied(self, model: nn.Module, norms: dict[int, torch.Tensor] | None = None, repeat: int = 1) -> Iterator[
@@ -148,6 +160,15 @@ class Threat:
         """Write the returned perturbation and its norms into the final ``result``."""
         raise NotImplementedError
 
+    def select(self, state: Any, keep: torch.Tensor) -> Any:
+        """The state of the samples ``keep`` (a (B,) bool mask) only (per-sample early stop)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support per-sample early stop")
+
+    def attach(self, ctx: AttackContext, state: Any, result: AttackResult) -> None:
+        """Write the current iterate into ``result`` *without* detaching it, so the policy's own backward
+        reaches the perturbation (free adversarial training, :mod:`adpo.trainer.adversary`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained with free adversarial training")
+
     # -- shared --------------------------------------------------------------------------------------
     @classmethod
     def from_sections(cls, name: str, sections: dict[str, Threat]) -> Threat:
@@ -168,9 +189,10 @@ class Threat:
         return out
 
     def run(self, model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, *,
-            codec: Any = None, generator: torch.Generator | None = None) -> AttackResult:
-        """The common call shape: ``threat.run(model, inputs, objective, codec=codec, generator=g)``."""
-        return optimise(model, inputs, objective, self, codec=codec, generator=generator)
+            codec: Any = None, generator: torch.Generator | None = None, **options: Any) -> AttackResult:
+        """The common call shape: ``threat.run(model, inputs, objective, codec=codec, generator=g)``;
+        ``options``: :func:`optimise`'s ``warm`` / ``stop_below``."""
+        return optimise(model, inputs, objective, self, codec=codec, generator=generator, **options)
 
 
 @contextmanager
@@ -203,7 +225,9 @@ def applied_parts(ctx: AttackContext, parts: tuple[Threat, ...], states: list[An
 
 def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objective, threat: Threat, *,
              codec: Any = None, generator: torch.Generator | None = None,
-             on_step: Callable[[int, AttackResult], bool | None] | None = None, every: int = 0) -> AttackResult:
+             on_step: Callable[[int, AttackResult], bool | None] | None = None, every: int = 0,
+             warm: dict[str, list[torch.Tensor | None]] | None = None,
+             stop_below: float | None = None) -> AttackResult:
     """Minimise ``objective`` over ``threat``'s perturbation set by projected gradient steps.
 
     Each of ``threat.steps`` iterations: a forward with every part applied, the gradient w.r.t. the
@@ -215,22 +239,37 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
     ``every`` (when > 0) and for the last one: the evaluation generates from these checkpoints, so a
     longer run with the same seed sees every checkpoint a shorter one saw (its ASR cannot be lower).
     A true return value stops the loop there (every sample already succeeded).
+
+    ``warm``: per-sample start points (:attr:`AttackContext.warm`). ``stop_below``: per-sample early stop, a
+    sample whose loss is at or below it keeps that iterate and leaves the batch (later forwards and backwards
+    run on the others only; needs a stateless step rule and an objective that can select samples).
+    ``AttackResult.passes`` counts the input-gradient passes spent, in whole-batch units.
     """
     parts = threat.parts()
     if any(p.needs_codec for p in parts) and codec is None:
         raise ValueError("image threats need a pixel codec (adpo.threats.codecs.codec_for(processor))")
+    if stop_below is not None and on_step is not None:
+        raise ValueError("per-sample early stop is a training option; it does not combine with on_step checkpoints")
     steps = threat.steps
     grad_needed = any(p.needs_grad for p in parts)
-    ctx = AttackContext(model, inputs, objective, codec, generator)
+    ctx = AttackContext(model, inputs, objective, codec, generator, warm=dict(warm or {}))
     with attack_mode(model):
-        states = [p.init(ctx) for p in parts]  # in order: a latent part measures norms on the clean image
+        full = [p.init(ctx) for p in parts]  # in order: a latent part measures norms on the clean image
+        if stop_below is not None and not all(getattr(s, "rule", None) is None or s.rule.stateless for s in full):
+            raise ValueError("per-sample early stop needs a stateless step rule (optimizer: sign): the others "
+                             "keep per-sample state that cannot follow the samples leaving the batch")
+        states, run = list(full), ctx  # the samples still attacked (all of them without early stop)
+        rows: torch.Tensor | None = None  # their indices in the batch, tracked with early stop only
+        last: torch.Tensor | None = None  # with early stop: each sample's loss at its last evaluated iterate
+        current: list[dict[str, torch.Tensor]] = []  # with early stop: each sample's last evaluated iterate
         best_loss: torch.Tensor | None = None
         best: list[dict[str, torch.Tensor]] = []
         loss = None
+        passes = 0.0
         for i in range(steps + 1):
             leaves = [leaf for p, s in zip(parts, states) for leaf in p.leaves(s)]
-            with applied_parts(ctx, parts, states) as overrides, nullcontext() if grad_needed else torch.no_grad():
-                loss = objective(model, overrides)
+            with applied_parts(run, parts, states) as overrides, nullcontext() if grad_needed else torch.no_grad():
+                loss = run.objective(model, overrides)
             snap = None
             if on_step is not None and (i == steps or (every > 0 and i % every == 0)):
                 snap = AttackResult(loss=loss.detach(), settings={})
@@ -243,12 +282,26 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
                         best_loss = cur.clone()
                         best = [{k: v.detach().clone() for k, v in p.variables(s).items()}
                                 for p, s in zip(parts, states)]
-                    better = cur < best_loss
-                    best_loss = torch.where(better, cur, best_loss)
+                    better = cur < (best_loss if rows is None else best_loss[rows])
+                    where = better if rows is None else rows[better]
+                    best_loss[where] = cur[better]
                     for p, s, kept in zip(parts, states, best):
                         for k, v in p.variables(s).items():
-                            kept[k][better] = v.detach()[better]
-            if i == steps:
+                            kept[k][where] = v.detach()[better]
+            done = None
+            if stop_below is not None:
+                with torch.no_grad():
+                    if rows is None:
+                        rows = torch.arange(loss.shape[0], device=loss.device)
+                        last = loss.detach().clone()
+                        current = [{k: v.detach().clone() for k, v in p.variables(s).items()}
+                                   for p, s in zip(parts, states)]
+                    last[rows] = loss.detach()
+                    for p, s, cur_vars in zip(parts, states, current):
+                        for k, v in p.variables(s).items():
+                            cur_vars[k][rows] = v.detach()
+                    done = loss.detach() <= stop_below
+            if i == steps or (done is not None and bool(done.all())):
                 loss = loss.detach()  # release the graph before the callback generates
                 if snap is not None:
                     on_step(i, snap)
@@ -256,22 +309,32 @@ def optimise(model: nn.Module, inputs: dict[str, torch.Tensor], objective: Objec
             if grad_needed:
                 grads = torch.autograd.grad(loss.sum(), leaves)  # frees the graph before the callback generates
                 grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+                passes += loss.shape[0] / (last.shape[0] if last is not None else loss.shape[0])
             else:
                 grads = [torch.zeros(0)] * len(leaves)
             if snap is not None and on_step(i, snap):
                 break
+            if done is not None and bool(done.any()):  # the won samples leave the batch with their iterate
+                keep = ~done
+                rows, loss, run = rows[keep], loss[keep], run.select(keep)
+                grads = [g[keep] for g in grads]
+                states = [p.select(s, keep) for p, s in zip(parts, states)]
             with torch.no_grad():
                 for p, s in zip(parts, states):
                     n = len(p.variables(s))
                     p.step(s, list(grads[:n]), loss.detach())
                     grads = grads[n:]
         final_loss = loss.detach()
+        if stop_below is not None:
+            final_loss = last
+            for p, s, cur_vars in zip(parts, full, current):
+                p.load(s, cur_vars)
         if threat.keep_best:
             final_loss = best_loss
-            for p, s, kept in zip(parts, states, best):
+            for p, s, kept in zip(parts, full, best):
                 p.load(s, kept)
-    result = AttackResult(loss=final_loss, settings=threat.settings_dict())
-    for p, s in zip(parts, states):
+    result = AttackResult(loss=final_loss, settings=threat.settings_dict(), passes=passes)
+    for p, s in zip(parts, full):
         p.finish(ctx, s, result)
     return result
 

@@ -40,6 +40,7 @@ class Rule:
     """A step rule's interface; one instance per attack run (it holds the run's optimiser state)."""
 
     persistent = False  # the variables are kept as the same autograd leaves across steps (Adam)
+    stateless = False  # holds no per-sample state, so an attack may drop samples mid-run (early stop)
 
     def update(self, vs: list[torch.Tensor], grads: list[torch.Tensor], loss: torch.Tensor, direction: Direction,
                project: Project) -> list[torch.Tensor]:
@@ -49,6 +50,8 @@ class Rule:
 
 class Sign(Rule):
     """``v ← P(v − η·d(g))``."""
+
+    stateless = True
 
     def __init__(self, step_sizes: Sequence[float]):
         self.step_sizes = list(step_sizes)

@@ -31,6 +31,7 @@ from ..utils.io import atomic_dir
 
 PATTERN = re.compile(r"step-(\d+)$")
 DONE = "state.json"  # written last: a checkpoint folder without it is not one
+ADVERSARY = "adversary.pt"  # the training adversary's per-row perturbations (persistent / free training)
 
 
 class CheckpointError(UserError):
@@ -41,15 +42,20 @@ def sharded(accelerator) -> bool:
     return accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
 
 
-def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep: int) -> Path:
-    """Write ``folder/step-NNNNNN`` from the main process; prune to the newest ``keep``."""
+def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep: int, adversary=None) -> Path:
+    """Write ``folder/step-NNNNNN`` from the main process; prune to the newest ``keep``. ``adversary``
+    (trainer.adversary.Adversary): its per-row perturbations, when it keeps any, go to ``adversary.pt``."""
     target = folder / f"step-{step:06d}"
+    keeps = adversary is not None and adversary.keeps_state
+    perturbations = _gather(accelerator, adversary.state_dict()) if keeps else None
     if sharded(accelerator):
         accelerator.save_state(str(target))
         if accelerator.is_main_process:
+            if perturbations is not None:
+                torch.save(perturbations, target / ADVERSARY)
             (target / DONE).write_text(json.dumps({"step": step}))
         return target
-    rng = _gather_rng(accelerator)  # collective: every rank's generators, so a DDP resume is exact too
+    rng = _gather(accelerator, _rng_state())  # collective: every rank's generators, so a DDP resume is exact too
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
         core = accelerator.unwrap_model(model)
@@ -64,6 +70,8 @@ def save(folder: Path, step: int, accelerator, model, optimizer, scheduler, keep
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / "rng.pt")
+            if perturbations is not None:
+                torch.save(perturbations, tmp / ADVERSARY)
             (tmp / DONE).write_text(json.dumps({"step": step}) + "\n")
         for old in checkpoints(folder)[:-keep] if keep > 0 else []:
             shutil.rmtree(old[1], ignore_errors=True)
@@ -79,9 +87,14 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted((s, p) for s, p in found if (p / DONE).exists())
 
 
-def load(path: Path, accelerator, model, optimizer, scheduler) -> int:
+def load(path: Path, accelerator, model, optimizer, scheduler, adversary=None) -> int:
     """Restore a checkpoint into the live objects; returns its step."""
     step = json.loads((path / DONE).read_text())["step"]
+    if adversary is not None and adversary.keeps_state:
+        states = read_state(path / ADVERSARY)
+        if not isinstance(states, list) or len(states) != accelerator.num_processes:
+            raise CheckpointError(f"{path / ADVERSARY} does not hold one state per process of this run")
+        adversary.load_state_dict(states[accelerator.process_index])
     if sharded(accelerator):
         accelerator.load_state(str(path))
         return step
@@ -134,18 +147,23 @@ def read_state(path: Path) -> Any:
                               "from an earlier one, or start a new --out") from e
 
 
-def _gather_rng(accelerator) -> list[dict[str, Any]]:
+def _gather(accelerator, state: Any) -> list[Any]:
+    """Every rank's ``state``, in rank order (collective)."""
+    if accelerator.num_processes == 1:
+        return [state]
+    from accelerate.utils import gather_object
+
+    return gather_object([state])
+
+
+def _rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
     state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
              "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)},
              "python": {"version": version, "internal": list(internal), "gauss": py_gauss}}
-    if accelerator.num_processes == 1:
-        return [state]
-    from accelerate.utils import gather_object
-
-    return gather_object([state])
+    return state
 
 
 def _set_rng(rng: dict[str, Any]) -> None:

@@ -104,6 +104,16 @@ class TrainConfig:
     attack_objective: str = option("rejected_nll", "what the adversary maximises: rejected_nll (official code) "
                                                    "| dpo_margin")
     reference_input: str = option("clean", "the reference's input: clean (official code) | perturbed (for study)")
+    # cheaper adversaries (docs/training.md, "Cheaper adversaries"; adpo.trainer.adversary); all off by default
+    free_replays: int = option(0, "free adversarial training (Shafahi et al. 2019): replay each batch N times, the "
+                                  "perturbation stepping on the input gradient of the policy's own backward (no "
+                                  "attack passes); 0: off")
+    persistent_perturbations: bool = option(False, "warm-start each pair's attack from its last perturbation, "
+                                                   "across steps and epochs (saved in checkpoints)")
+    attack_stop_below: float | None = option(None, "per-sample early stop: a pair leaves the attack once its "
+                                                   "objective is <= this (rejected_nll: the rejected answer's NLL "
+                                                   "in nats; dpo_margin: log p(chosen) - log p(rejected)); null: "
+                                                   "never")
     # bookkeeping
     seed: int = option(0, "seed of data order, LoRA init and attacks")
     max_length: int | None = option(None, "truncate prompt + answer to this many tokens (answers are cut); null: "
@@ -154,6 +164,11 @@ class TrainConfig:
             raise ValueError("eval_every and eval_attack_steps must be >= 0, eval_limit >= 1")
         if self.steps < 0 or self.epochs <= 0 or self.beta <= 0 or self.save_every < 0:
             raise ValueError("steps and save_every must be >= 0, epochs and beta > 0")
+        if self.free_replays < 0:
+            raise ValueError("free_replays must be >= 0 (0: off)")
+        if self.free_replays and self.attack_stop_below is not None:
+            raise ValueError("attack_stop_below stops the attack's steps; free adversarial training (free_replays) "
+                             "runs none: set one of them")
         from transformers.trainer_utils import SchedulerType
 
         known = [t.value for t in SchedulerType]
@@ -172,6 +187,11 @@ class TrainConfig:
             raise ValueError(f"loss_weights must have one weight per loss_type entry, got {weights} for {types}")
         if self.rpo_alpha and "sft" in types:
             raise ValueError("rpo_alpha is the old name of loss_type [..., sft] with its weight; give one of them")
+
+    @property
+    def cheaper_adversary(self) -> bool:
+        """Any of the options of adpo.trainer.adversary is on."""
+        return bool(self.free_replays or self.persistent_perturbations or self.attack_stop_below is not None)
 
     @property
     def loss_types(self) -> tuple[str, ...]:
@@ -282,6 +302,13 @@ class RunConfig:
         if self.train.eval_every and not self.eval_data:
             raise ConfigError(f"train.eval_every={self.train.eval_every} needs --eval-data (held-out preference "
                               "pairs), or set train.eval_every=0")
+        if self.train.cheaper_adversary and not spec.adversarial:
+            raise ConfigError(f"train.free_replays / persistent_perturbations / attack_stop_below change the "
+                              f"training adversary; method {self.method} trains without one")
+        try:
+            self.threat()
+        except ValueError as e:
+            raise ConfigError(f"train.threat={self.train.threat}: {e}") from e
         if self.utility_weight > 0 and not self.utility_data:
             raise ConfigError(f"method {self.method} uses a utility SFT term (weight {self.utility_weight:g}); pass "
                               "--utility-data, or set train.utility_weight=0")

@@ -54,7 +54,7 @@ def _short_attack(run: RunConfig) -> RunConfig:
 def evaluate(ctx: StepContext, chunks: list[BatchStream], step: int) -> dict[str, float]:
     """The ``eval/*`` and ``eval_rewards/*`` means over the held-out pairs at optimizer step ``step``."""
     run = ctx.run
-    short = dataclasses.replace(ctx, run=_short_attack(run), generator=torch.Generator())
+    short = dataclasses.replace(ctx, run=_short_attack(run), generator=torch.Generator(), adversary=None)
     short.generator.manual_seed(run.train.seed * 7_919 + step)
     device = next(ctx.core.parameters()).device
     average = run.train.loss_type == "ipo"

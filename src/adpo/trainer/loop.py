@@ -43,6 +43,7 @@ from ..threats.codecs import codec_for
 from ..utils.config import ConfigError
 from ..utils.io import atomic_text, output_folder
 from . import checkpoint
+from .adversary import Adversary
 from .config import RunConfig
 from .evaluation import BEST_METRIC, evaluate, held_out
 from .steps import StepContext, step_fn
@@ -172,15 +173,19 @@ class Session:
         cfg, acc = self.run.train, self.acc
         step_once = step_fn(self.run.spec.objective)
         logged: dict[str, float] = {"loss": 0.0}
+        adversary = self.ctx.adversary
         for micro in range(cfg.grad_accum):
             m = step * cfg.grad_accum + micro
             self.ctx.generator.manual_seed((cfg.seed * 1_000_003 + m) * 1_009 + acc.process_index)
-            batch, utility = self.stream.parts(m)
-            batch, utility = _to(batch, acc.device), _to(self.util_stream.batch(m) if self.util_stream else utility,
+            d = adversary.data_index(m)  # m itself unless free training replays batches
+            batch, utility = self.stream.parts(d)
+            batch, utility = _to(batch, acc.device), _to(self.util_stream.batch(d) if self.util_stream else utility,
                                                         acc.device)
+            adversary.begin(m, [i for i in self.stream.indices(d) if isinstance(self.stream.rows[i], PairRow)])
             with acc.accumulate(self.model):
                 loss, metrics = step_once(self.ctx, batch, utility, log and micro == cfg.grad_accum - 1)
                 acc.backward(loss)
+                adversary.after_backward()
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     if norm is not None:  # DeepSpeed clips inside its engine and returns None
@@ -231,7 +236,7 @@ def setup(run: RunConfig) -> Session:
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
-                      acc.autocast, logps_chunk(run, acc, policy.model))
+                      acc.autocast, logps_chunk(run, acc, policy.model), Adversary(cfg))
     info = inspect_model(policy.model, warn=False)
     _say(acc, f"# model: {info.family} ({info.model_type}), {info.n_layers} decoder layers x {info.hidden_size}, "
               f"vocab {info.vocab_size}, {type(ctx.codec).__name__}; log-probs "
@@ -283,7 +288,7 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
     if resume:
         point = resume_point(out, resume)
         if point is not None:
-            start = checkpoint.load(point, acc, s.model, s.optimizer, s.scheduler)
+            start = checkpoint.load(point, acc, s.model, s.optimizer, s.scheduler, s.ctx.adversary)
             _say(acc, f"resumed from {point} (step {start} of {total})")
         else:
             _say(acc, f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
@@ -302,8 +307,9 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
         is_log = (step + 1) % cfg.log_every == 0 or step + 1 == total
         logged = s.step(step, is_log)
         if is_log:
+            seen = s.ctx.adversary.data_index((step + 1) * cfg.grad_accum - 1) + 1  # micro-batches of data read
             logged.update({"learning_rate": s.scheduler.get_last_lr()[0], "time/step_s": round(time.time() - t0, 4),
-                           "epoch": round(s.stream.epochs((step + 1) * cfg.grad_accum), 4)})
+                           "epoch": round(s.stream.epochs(seen), 4)})
             logged = _mean_across(acc, logged)
             if log is not None:
                 log.write(step + 1, logged)
@@ -314,11 +320,12 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
         bar.update(1)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
             checkpoint.save(out / "checkpoints", step + 1, acc, s.model, s.optimizer, s.scheduler,
-                            cfg.keep_checkpoints)
+                            cfg.keep_checkpoints, s.ctx.adversary)
     bar.close()
     summary = {"method": run.method, "steps": total, "resumed_from": start, "seconds": round(time.time() - t_start, 2),
                "processes": acc.num_processes, "distributed_type": acc.distributed_type.name,
-               "pairs": len(s.stream.rows), "epochs": round(s.stream.epochs(total * cfg.grad_accum), 3)}
+               "pairs": len(s.stream.rows),
+               "epochs": round(s.stream.epochs(s.ctx.adversary.data_index(total * cfg.grad_accum - 1) + 1), 3)}
     # sharded engines gather the full weights collectively (every rank), then the main process writes
     state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
     if acc.is_main_process:

@@ -73,6 +73,7 @@ class StepContext:
     generator: torch.Generator
     autocast: Any = nullcontext
     chunk: int = 0  # response tokens per log-prob chunk (objectives.logps.model_logps; 0: full logits)
+    adversary: Any = None  # trainer.adversary.Adversary: the training adversary's state; None: plain attacks
 
 
 @contextmanager
@@ -98,6 +99,8 @@ def attack(ctx: StepContext, batch: dict[str, torch.Tensor]) -> AttackResult:
                  else dpo_margin(chosen, rejected, ctx.chunk))
     inputs = {**image_keys(batch), "prompt_mask": chosen["prompt_mask"], "attention_mask": chosen["attention_mask"]}
     with ctx.autocast(), dropout_off(ctx.core):
+        if ctx.adversary is not None:
+            return ctx.adversary.attack(ctx.run.threat(), ctx.core, inputs, objective, ctx.codec, ctx.generator)
         return ctx.run.threat().run(ctx.core, inputs, objective, codec=ctx.codec, generator=ctx.generator)
 
 
@@ -128,8 +131,11 @@ def sft_forward(model: nn.Module, batch: dict[str, torch.Tensor], adv: AttackRes
     return response_nll(*_logps(model, batch, adv, ctx, pairs=False), ctx.run.train.sft_reduction)
 
 
-def adversary_metrics(adv: AttackResult) -> dict[str, float]:
-    out = {"adv/attack_loss": float(adv.loss.mean())}
+def adversary_metrics(adv: AttackResult, passes: bool = False) -> dict[str, float]:
+    """The attack's loss (none in free training) and norms; ``passes``: the input-gradient passes spent."""
+    out = {"adv/attack_loss": float(adv.loss.mean())} if adv.loss.numel() else {}
+    if passes:
+        out["adv/passes"] = adv.passes
     for key, value in adv.norms.items():
         out[f"adv/{key}"] = float(value.max()) if torch.is_tensor(value) else float(value)
     return out
@@ -166,7 +172,7 @@ def dpo_step(ctx: StepContext, batch: dict[str, torch.Tensor], utility: dict[str
             with torch.no_grad(), dropout_off(ctx.core):
                 clean_c, clean_r, _, _ = pair_logps(ctx.core, batch, None, average, ctx)
             metrics["adv/margin_clean"] = float((clean_c - clean_r).mean())
-            metrics.update(adversary_metrics(adv))
+            metrics.update(adversary_metrics(adv, cfg.cheaper_adversary))
         else:
             metrics["adv/margin_clean"] = float((pol_c - pol_r).detach().mean())
     return loss, metrics
@@ -191,7 +197,7 @@ def sft_or_at_step(ctx: StepContext, batch: dict[str, torch.Tensor] | None, util
         if util is not None:
             metrics["sft/utility_ce"] = float(util.detach())
         if adv is not None:
-            metrics.update(adversary_metrics(adv))
+            metrics.update(adversary_metrics(adv, run.train.cheaper_adversary))
     return loss, metrics
 
 
