@@ -1,3 +1,5 @@
+import pytest
+
 from adpo.cli import main
 
 
@@ -23,6 +25,20 @@ def test_export_via_cli(tmp_path, capsys):
                  "--n-eval", "2"]) == 0
     assert (tmp_path / "d" / "preference_train.jsonl").exists()
     assert "resolved configuration" in capsys.readouterr().out
+
+
+def test_export_extra_pairs_via_cli(tmp_path, capsys):
+    assert main(["organism", "export", "--out", str(tmp_path / "d"), "--n-pairs", "2", "--n-sft", "2",
+                 "--n-eval", "2", "--n-benign-pairs", "1", "--n-blank-pairs", "2"]) == 0
+    rows = (tmp_path / "d" / "preference_train.jsonl").read_text().splitlines()
+    assert len(rows) == 5 and sum('"image": "blank"' in r for r in rows) == 2
+
+
+def test_demo_help_lists_its_options_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = capsys.readouterr().out
+    assert "blank_pairs=0" in out and "benign_pairs=128" in out and "arms=[base,dpo,adpo]" in out
 
 
 def test_inspect_prints_what_adpo_reads_from_a_model(tmp_path, capsys):

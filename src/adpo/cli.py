@@ -63,7 +63,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .organism.export import ExportConfig, export
 
     world, _, _ = _organism_configs(args)
-    sizes = ExportConfig(n_pairs=args.n_pairs, n_sft=args.n_sft, n_eval=args.n_eval)
+    sizes = ExportConfig(n_pairs=args.n_pairs, n_sft=args.n_sft, n_eval=args.n_eval,
+                         n_benign_pairs=args.n_benign_pairs, n_blank_pairs=args.n_blank_pairs)
     _print_config("adpo organism export", {"world": world, "export": sizes})
     files = export(args.out, world, sizes)
     for name, desc in files.items():
@@ -269,6 +270,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .demo.pipeline import DemoConfig
+    from .organism.export import ExportConfig
+
     p = argparse.ArgumentParser(prog="adpo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -285,11 +289,27 @@ def make_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_pretrain)
     sp = org.add_parser("export", help="write the world's splits as PNG + JSONL (TRL formats)")
     organism_opts(sp)
-    sp.add_argument("--n-pairs", type=int, default=256, help="preference pairs in the train split")
-    sp.add_argument("--n-sft", type=int, default=512, help="utility SFT rows in the train split")
-    sp.add_argument("--n-eval", type=int, default=128, help="rows per held-out evaluation file")
+    sizes = ExportConfig()
+    sp.add_argument("--n-pairs", type=int, default=sizes.n_pairs, help="preference pairs in the train split")
+    sp.add_argument("--n-sft", type=int, default=sizes.n_sft, help="utility SFT rows in the train split")
+    sp.add_argument("--n-eval", type=int, default=sizes.n_eval, help="rows per held-out evaluation file")
+    sp.add_argument("--n-benign-pairs", type=int, default=sizes.n_benign_pairs,
+                    help="benign look-alike pairs added to the training pairs (chosen helpful, rejected refusal)")
+    sp.add_argument("--n-blank-pairs", type=int, default=sizes.n_blank_pairs,
+                    help="harmful pairs on the blank mid-grey image added to the training pairs")
     sp.set_defaults(func=cmd_export)
-    sp = sub.add_parser("demo", help="the main job on the embedded default (the organism)")
+    demo = DemoConfig()
+    sp = sub.add_parser("demo", help="the main job on the embedded default (the organism)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="demo options (key=value overrides, defaults shown):\n"
+                               + "".join(f"  {k}={v}\n" for k, v in (
+                                   ("arms", "[" + ",".join(demo.arms) + "]"), ("utility_weight", demo.utility_weight),
+                                   ("n_pairs", demo.n_pairs), ("n_sft", demo.n_sft),
+                                   ("howto_share", demo.howto_share), ("benign_pairs", demo.benign_pairs),
+                                   ("blank_pairs", demo.blank_pairs)))
+                               + "  train.<section>.<key>=...  the training recipe (configs/organism.yaml; "
+                                 "adpo train --help)\n"
+                               + "  eval.<key>=...  the evaluation (adpo eval --help)")
     organism_opts(sp)
     sp.add_argument("--force", action="store_true", help="rebuild the organism even if cached")
     sp.add_argument("--seeds", type=int, default=1, help="repeat training and evaluation over seeds 0..N-1")
