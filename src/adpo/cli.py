@@ -13,6 +13,7 @@ means a bug in adpo.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -270,7 +271,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .demo.pipeline import DemoConfig
+    from .demo.pipeline import DEMO_KEYS, DemoConfig
     from .organism.export import ExportConfig
 
     p = argparse.ArgumentParser(prog="adpo", description=__doc__.split("\n")[0])
@@ -298,15 +299,12 @@ def make_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-blank-pairs", type=int, default=sizes.n_blank_pairs,
                     help="harmful pairs on the blank mid-grey image added to the training pairs")
     sp.set_defaults(func=cmd_export)
-    demo = DemoConfig()
+    demo = {f.name: f.default for f in dataclasses.fields(DemoConfig)}
     sp = sub.add_parser("demo", help="the main job on the embedded default (the organism)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="demo options (key=value overrides, defaults shown):\n"
-                               + "".join(f"  {k}={v}\n" for k, v in (
-                                   ("arms", "[" + ",".join(demo.arms) + "]"), ("utility_weight", demo.utility_weight),
-                                   ("n_pairs", demo.n_pairs), ("n_sft", demo.n_sft),
-                                   ("howto_share", demo.howto_share), ("benign_pairs", demo.benign_pairs),
-                                   ("blank_pairs", demo.blank_pairs)))
+                               + "".join(f"  {k}=[{','.join(demo[k])}]\n" if isinstance(demo[k], tuple)
+                                         else f"  {k}={demo[k]}\n" for k in DEMO_KEYS if k not in ("train", "eval"))
                                + "  train.<section>.<key>=...  the training recipe (configs/organism.yaml; "
                                  "adpo train --help)\n"
                                + "  eval.<key>=...  the evaluation (adpo eval --help)")

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.formats import BLANK_GREY
+from ..utils.config import without_neutral
 from ..utils.io import OUTPUT_MARKER, atomic_dir, output_folder, write_marker
 from .world import REFUSAL, Sample, World, WorldConfig
 
@@ -43,10 +44,7 @@ class ExportConfig:
     def to_dict(self) -> dict[str, Any]:
         """The options; ``n_blank_pairs`` (added later) only when used, so the demo's data folders and the
         arms trained on them, keyed by these options, stay valid across the upgrade."""
-        options = asdict(self)
-        if not options["n_blank_pairs"]:
-            del options["n_blank_pairs"]
-        return options
+        return without_neutral(asdict(self), {"n_blank_pairs": 0})
 
 
 def _user(text: str) -> list[dict]:
@@ -177,18 +175,21 @@ def _export(out: Path, world: World, cfg: ExportConfig) -> dict[str, str]:
 
 def _with_extra_pairs(w: _Writer, world: World, cfg: ExportConfig, rows: list[dict],
                       desc: str) -> tuple[list[dict], str]:
-    """The training pairs with the opt-in extras interleaved: benign look-alikes, then blank-image pairs."""
-    rng = world.rng("export", "benign-pairs")
-    benign = [benign_pair_row(w, world.howto_sample("train", rng), "train", rng) for _ in range(cfg.n_benign_pairs)]
-    if benign:
-        rows = _interleave(rows, benign)
-        desc += (f"; plus {len(benign)} benign look-alikes ranked the other way (chosen helpful answer, "
-                 "rejected refusal), interleaved")
-    rng = world.rng("export", "blank-pairs")
-    blank = [blank_pair_row(w, world.harm_sample("train", rng), "train", rng) for _ in range(cfg.n_blank_pairs)]
-    if blank:
-        rows = _interleave(rows, blank)
-        desc += f"; plus {len(blank)} harmful requests on the blank mid-grey image, interleaved"
+    """The training pairs with the opt-in extras interleaved: benign look-alikes, then blank-image pairs,
+    each from its own random stream."""
+    extras = (
+        ("benign-pairs", cfg.n_benign_pairs,
+         lambda rng: benign_pair_row(w, world.howto_sample("train", rng), "train", rng),
+         "benign look-alikes ranked the other way (chosen helpful answer, rejected refusal)"),
+        ("blank-pairs", cfg.n_blank_pairs,
+         lambda rng: blank_pair_row(w, world.harm_sample("train", rng), "train", rng),
+         "harmful requests on the blank mid-grey image"),
+    )
+    for stream, n, make, what in extras:
+        if n:
+            rng = world.rng("export", stream)
+            rows = _interleave(rows, [make(rng) for _ in range(n)])
+            desc += f"; plus {n} {what}, interleaved"
     return rows, desc
 
 

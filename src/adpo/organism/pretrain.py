@@ -25,6 +25,7 @@ import torch
 from ..data.collate import encode_prompts, encode_responses, pad_rows, user_prompt
 from ..objectives.logps import sft_loss
 from ..threats.codecs import ElementwiseCodec, uint8_to_unit
+from ..utils.config import without_neutral
 from ..utils.io import Output, atomic_dir, check_replaceable, output_folder, write_json
 from .build import ModelConfig, build_model, build_processor
 from .vision import pretrain_vision
@@ -74,10 +75,7 @@ NEUTRAL_LATER_OPTIONS: dict[str, Any] = {"position_questions": 0.0}
 def fingerprint(world: WorldConfig, model: ModelConfig, train: PretrainConfig) -> str:
     """What a cached organism was built from. An option added later at its neutral value (the stream before
     it, byte-identical) is left out, so organisms pre-trained before it still count as cached."""
-    options = train.to_dict()
-    for name, neutral in NEUTRAL_LATER_OPTIONS.items():
-        if options.get(name) == neutral:
-            del options[name]
+    options = without_neutral(train.to_dict(), NEUTRAL_LATER_OPTIONS)
     blob = json.dumps({"v": ORGANISM_VERSION, "world": world.to_dict(), "model": model.to_dict(),
                        "train": options}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

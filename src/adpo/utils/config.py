@@ -27,6 +27,12 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None) -> An
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def without_neutral(options: dict[str, Any], neutral: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less the ones added after content was keyed by them, where they hold the value that
+    reproduces the earlier content (``neutral``): caches keyed by the options stay valid across the upgrade."""
+    return {k: v for k, v in options.items() if k not in neutral or v != neutral[k]}
+
+
 def help_of(f: dataclasses.Field) -> str:
     """A field's help text ("" when it has none)."""
     return str(f.metadata.get("help", ""))
