@@ -267,6 +267,8 @@ def _print_metrics(m: dict[str, Any]) -> None:
             log.info(f"  {label:<48} " + " / ".join(f"{p:.2f}" for p in parts))
         else:
             log.info(f"  {label:<48} {m[key]:.3f}")
+    if "remedial_rounds" in m:
+        log.info(f"  {'remedial rounds (validation below target)':<48} {m['remedial_rounds']}")
     log.info(f"  {'seconds (train + eval)':<48} {m['seconds']:.0f}\n")
 
 

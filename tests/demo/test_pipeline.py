@@ -46,3 +46,21 @@ def test_report_tables_order_columns_and_show_spread():
     assert "adpo" in report.terminal(s)
     s3 = {"arms": {"adpo": over_seeds([_arm(0.2, 0.9), _arm(0.4, 0.9)])}}
     assert "30.0 ± 14.1" in report.table(s3)[2]
+
+
+def test_a_rebuilt_organism_retrains_and_reevaluates_its_arms(tmp_path):
+    """Arms only name the organism's folder: after a rebuild (other fingerprint) they are dropped, not reused;
+    the same fingerprint keeps them, and a folder from before the stamp existed is kept and stamped."""
+    from adpo.demo.pipeline import forget_other_organism
+
+    runs = tmp_path / "seed0"
+    for arm in ("at", "adpo", "eval/base"):
+        (runs / arm).mkdir(parents=True)
+    logs: list[str] = []
+    forget_other_organism(runs, "aaaa", logs.append)  # no stamp yet: kept
+    forget_other_organism(runs, "aaaa", logs.append)  # same organism: kept
+    assert (runs / "adpo").is_dir() and (runs / "eval" / "base").is_dir() and not logs
+    forget_other_organism(runs, "bbbb", logs.append)
+    assert not (runs / "adpo").exists() and not (runs / "at").exists() and not (runs / "eval").exists()
+    assert "rebuilt (aaaa -> bbbb)" in logs[0]
+    assert '"bbbb"' in (runs / "organism.json").read_text()

@@ -3,20 +3,30 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 from adpo.organism.build import ModelConfig
-from adpo.organism.pretrain import MARKER, ORGANISM_VERSION, PretrainConfig, fingerprint, pretrain, train_base
+from adpo.organism.pretrain import (
+    MARKER,
+    ORGANISM_VERSION,
+    QUALITY_TARGETS,
+    PretrainConfig,
+    evaluation_sets,
+    fingerprint,
+    pretrain,
+    train_base,
+)
 from adpo.organism.world import World, WorldConfig
 
 TINY = ModelConfig(vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=2, text_intermediate=64,
                    text_heads=2, vision_heads=2)
-FEW = PretrainConfig(vision_steps=2, vision_batch_size=8, steps=4, batch_size=8, warmup=1, eval_n=4)
+FEW = PretrainConfig(vision_steps=2, vision_batch_size=8, steps=4, batch_size=8, warmup=1, eval_n=4, quality_rounds=0)
 
 
 def test_tiny_pretrain_lowers_the_loss(processor):
     world = World(WorldConfig())
-    cfg = PretrainConfig(vision_steps=0, steps=40, batch_size=16, lr=3e-3, warmup=2)
-    _, hist = train_base(world, processor, TINY, cfg, log=lambda s: None, progress=False)
+    cfg = PretrainConfig(vision_steps=0, steps=40, batch_size=16, lr=3e-3, warmup=2, quality_rounds=0)
+    _, hist, _ = train_base(world, processor, TINY, cfg, log=lambda s: None, progress=False)
     assert sum(hist[-5:]) / 5 < 0.75 * sum(hist[:3]) / 3
 
 
@@ -65,11 +75,50 @@ def test_unwritable_output(tmp_path):
 
 
 def test_a_later_option_at_its_neutral_value_keeps_earlier_fingerprints():
-    """Organisms cached before ``position_questions`` existed stay cached while it is 0 (the same stream);
-    any other value is another organism."""
-    before = {k: v for k, v in dataclasses.asdict(FEW).items() if k != "position_questions"}
+    """Organisms cached before ``position_questions`` and the remedial rounds existed stay cached while both
+    are off (the same stream); any other value is another organism."""
+    before = {k: v for k, v in dataclasses.asdict(FEW).items()
+              if k != "position_questions" and not k.startswith("quality_")}
     blob = json.dumps({"v": ORGANISM_VERSION, "world": WorldConfig().to_dict(), "model": TINY.to_dict(),
                        "train": before}, sort_keys=True)
     assert fingerprint(WorldConfig(), TINY, FEW) == hashlib.sha256(blob.encode()).hexdigest()[:16]
     other = dataclasses.replace(FEW, position_questions=0.15)
     assert fingerprint(WorldConfig(), TINY, other) != fingerprint(WorldConfig(), TINY, FEW)
+    rounds_on = dataclasses.replace(FEW, quality_rounds=2)
+    assert fingerprint(WorldConfig(), TINY, rounds_on) != fingerprint(WorldConfig(), TINY, FEW)
+    # without rounds, their settings are not part of what was built
+    assert fingerprint(WorldConfig(), TINY, dataclasses.replace(FEW, quality_steps=7)) == fingerprint(
+        WorldConfig(), TINY, FEW)
+
+
+REMEDIAL = PretrainConfig(vision_steps=0, steps=4, batch_size=8, warmup=1, eval_n=4, quality_rounds=2,
+                          quality_steps=3)
+
+
+def test_remedial_rounds_train_more_while_validation_misses_the_targets(processor):
+    """A tiny 4-step base misses every target on validation: both rounds run (3 steps each), each recorded."""
+    _, hist, rounds = train_base(World(WorldConfig()), processor, TINY, REMEDIAL, log=lambda s: None,
+                                 progress=False)
+    assert len(hist) == 4 + 2 * 3
+    assert len(rounds) == 2 and all(r["missed"] for r in rounds)
+    assert set(rounds[0]["validation"]) == set(QUALITY_TARGETS)
+
+
+def test_a_base_that_meets_the_targets_is_not_touched(processor, monkeypatch):
+    """Validation passes (targets at 0): no remedial step, and the weights are the ones without rounds."""
+    monkeypatch.setattr("adpo.organism.pretrain.QUALITY_TARGETS", dict.fromkeys(QUALITY_TARGETS, 0.0))
+    world = World(WorldConfig())
+    checked, hist, rounds = train_base(world, processor, TINY, REMEDIAL, log=lambda s: None, progress=False)
+    plain, _, none = train_base(world, processor, TINY, dataclasses.replace(REMEDIAL, quality_rounds=0),
+                                log=lambda s: None, progress=False)
+    assert len(hist) == 4 and none == [] and rounds == [{"validation": rounds[0]["validation"], "missed": []}]
+    a, b = checked.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_and_test_sets_differ():
+    """The remedial decision never sees the reported (test) rows: other intents, other images."""
+    world = World(WorldConfig())
+    test, val = evaluation_sets(world, 8, "test"), evaluation_sets(world, 8, "validation")
+    assert {s.meta["intent"] for s in val["text_harm"]} <= set(world.harm_intents["validation"])
+    assert not {s.prompt for s in val["text_harm"]} & {s.prompt for s in test["text_harm"]}

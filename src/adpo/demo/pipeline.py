@@ -23,6 +23,7 @@ from typing import Any
 
 from ..eval.config import EvalConfig
 from ..utils.config import ConfigError, load_yaml
+from ..utils.io import write_json
 
 ARMS = ("base", "sft", "dpo", "ar-dpo", "at-dpo", "adpo")
 # what ``adpo demo`` trains unless told (``arms=[...]``; every arm of ARMS for the paper's ablation): a robust
@@ -161,13 +162,31 @@ def train_arm(method: str, model_dir: Path, data: Path, out: Path, recipe: dict,
     return float(train(run, progress=progress)["seconds"]), False
 
 
+def forget_other_organism(runs: Path, fp: str, log: Callable[[str], None]) -> None:
+    """Arms and evaluations under ``runs`` belong to the organism they were trained on: a rebuilt organism
+    (other pre-training options, same path) must not reuse them, as their configs only name its folder.
+    ``runs/organism.json`` records the fingerprint; a folder without one is from before it was recorded."""
+    stamp = runs / "organism.json"
+    if stamp.is_file():
+        old = json.loads(stamp.read_text()).get("fingerprint")
+        if old != fp:
+            log(f"{runs.name}: the organism was rebuilt ({old} -> {fp}): its arms are trained and evaluated again")
+            for arm in (*ARMS, "at", "eval"):
+                if (runs / arm).is_dir():
+                    shutil.rmtree(runs / arm)
+    runs.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, {"fingerprint": fp})
+
+
 def run_seed(out: Path, organism: Path, data: Path, cfg: DemoConfig, seed: int, machine: str,
              progress: bool, log: Callable[[str], None], seconds: dict[str, float]) -> dict[str, dict]:
     """Train and evaluate every arm for one seed; returns {arm: results.json}."""
     from ..eval.runner import ModelSpec, evaluate_model
     from ..eval.tasks import Data, organism_defaults
+    from ..organism.pretrain import organism_fingerprint
 
     runs = out / f"seed{seed}"
+    forget_other_organism(runs, organism_fingerprint(organism), log)
     adapters: dict[str, Path | None] = {"base": None}
     train_plan = [a for a in cfg.arms if a != "base"]
     if any(a in AT_REFERENCED for a in train_plan):

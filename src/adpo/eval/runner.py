@@ -185,10 +185,13 @@ def _evaluate_model(spec: ModelSpec, cfg: EvalConfig, out: Path, folder: Output,
         sink = store if shard.size == 1 else SampleStore(shard.part(path))
         bar = tqdm(total=sum(map(len, mine)), desc=f"{spec.label}: {sub.name}" + (
             f" [{shard.rank + 1}/{shard.size}]" if shard.size > 1 else ""), disable=not progress, leave=False)
+        t_sub = time.time()
         for chunk in mine:
             sink.append(_records(sub, chunk, sub.run(target, chunk), judges, target, cfg.seed, chash))
             bar.update(len(chunk))
         bar.close()
+        if mine:  # where the time goes (the robust arms' strong suite dominates a demo)
+            log(f"{spec.label}: {sub.name}: {sum(map(len, mine))} rows in {time.time() - t_sub:.0f}s")
         if shard.size > 1:  # every process has written its part: the main one merges them in row order
             shard.barrier()
             if shard.main:
