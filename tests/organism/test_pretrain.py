@@ -13,6 +13,7 @@ from adpo.organism.pretrain import (
     PretrainConfig,
     evaluation_sets,
     fingerprint,
+    missed_targets,
     pretrain,
     train_base,
 )
@@ -105,8 +106,8 @@ def test_remedial_rounds_train_more_while_validation_misses_the_targets(processo
 
 
 def test_a_base_that_meets_the_targets_is_not_touched(processor, monkeypatch):
-    """Validation passes (targets at 0): no remedial step, and the weights are the ones without rounds."""
-    monkeypatch.setattr("adpo.organism.pretrain.QUALITY_TARGETS", dict.fromkeys(QUALITY_TARGETS, 0.0))
+    """Validation passes (targets below any rate): no remedial step, and the weights are the ones without rounds."""
+    monkeypatch.setattr("adpo.organism.pretrain.QUALITY_TARGETS", dict.fromkeys(QUALITY_TARGETS, -1.0))
     world = World(WorldConfig())
     checked, hist, rounds = train_base(world, processor, TINY, REMEDIAL, log=lambda s: None, progress=False)
     plain, _, none = train_base(world, processor, TINY, dataclasses.replace(REMEDIAL, quality_rounds=0),
@@ -122,3 +123,10 @@ def test_validation_and_test_sets_differ():
     test, val = evaluation_sets(world, 8, "test"), evaluation_sets(world, 8, "validation")
     assert {s.meta["intent"] for s in val["text_harm"]} <= set(world.harm_intents["validation"])
     assert not {s.prompt for s in val["text_harm"]} & {s.prompt for s in test["text_harm"]}
+
+
+def test_validation_must_clear_the_targets_by_the_margin():
+    """A validation estimate at the edge (seed 7: 0.953 on validation, 0.941 on test) is not a pass."""
+    edge = {"utility_accuracy": 0.953, "compliance_rate_image_harm": 1.0, "refusal_rate_text_harm": 1.0}
+    assert missed_targets(edge) == []
+    assert missed_targets(edge, PretrainConfig().quality_margin) == ["utility_accuracy"]
