@@ -73,7 +73,7 @@ def test_fsdp2_run_killed_after_a_sharded_checkpoint_resumes_bit_identically(lau
     # optimizer's sharded moments and the schedule must all come back
     def run(out: str) -> str:
         return json.dumps(run_args("at-dpo", out=out, train={
-            "steps": 4, "save_every": 2, "batch_size": 2, "scheduler": "cosine", "warmup_ratio": 0.25,
+            "steps": 3, "save_every": 2, "batch_size": 2, "scheduler": "cosine", "warmup_ratio": 0.34,
             "threat": "joint"}, image={"random_start": True}, latent={"random_start": True}, lora={"dropout": 0.1}))
 
     summary = lambda res: json.loads(res.stdout.strip().splitlines()[-1])  # noqa: E731
@@ -89,11 +89,11 @@ def test_fsdp2_run_killed_after_a_sharded_checkpoint_resumes_bit_identically(lau
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (saved / "adapter").exists() and not (saved / "optimizer.pt").exists()
     resumed = summary(launch(["train", run("part"), "resume"], 2, script=SCRIPT))
-    assert resumed["resumed_from"] == 2 and resumed["steps"] == 4
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 3
     a, b = (load_file(str(tmp_path / n / "adapter" / "adapter_model.safetensors")) for n in ("full", "part"))
     assert a.keys() == b.keys() and any("lora_B" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # it did train
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time/step_s"} for r in rows]  # noqa: E731
     assert strip(read_metrics(part / "metrics.jsonl")) == strip(read_metrics(tmp_path / "full" / "metrics.jsonl"))
-    assert len(read_metrics(part / "metrics.jsonl")) == 4
+    assert len(read_metrics(part / "metrics.jsonl")) == 3

@@ -16,9 +16,9 @@ Under FSDP the trainable weights and the optimizer are sharded across ranks, so 
 and ``.metadata``) of ``get_state_dict``'s trainable weights and optimizer state; every rank writes its own
 shards into the folder the main process renames into place once all are written, and a resume loads each
 rank's shards back with ``set_state_dict`` (the same number of processes: the RNG states are per rank).
-torch reads ``.metadata`` and the non-tensor entries with pickle; adpo reads them with an unpickler that
-knows only the checkpoint's own record types (:class:`SafeReader`, :class:`SafePlanner`). DeepSpeed saves
-through ``accelerator.save_state`` (not exercised on this CPU-only machine).
+torch reads ``.metadata`` and the non-tensor entries with pickle; adpo reads them without running anything
+from them (:mod:`adpo.trainer.shards`). DeepSpeed saves through ``accelerator.save_state`` (not exercised
+on this CPU-only machine).
 """
 
 from __future__ import annotations
