@@ -8,6 +8,9 @@ are ``fully_shard``-ed, and the optimizer is pointed at the sharded parameters. 
 loop's own ``setup`` and ``Session.step``. With one process nothing is sharded (the reference run).
 
 usage: fsdp_cpu.py OUT RUN_JSON [RUN_JSON ...]  ->  OUT/<i>.json (losses, chunk) and OUT/<i>.safetensors
+       fsdp_cpu.py train RUN_JSON [resume | kill-after-N]  ->  ``loop.train`` (checkpoints, metrics, the final
+       adapter in the run's out), resumed from its latest checkpoint, or SIGKILLed after checkpoint N (killed.py);
+       prints the run's summary as JSON
 """
 
 from __future__ import annotations
@@ -40,8 +43,6 @@ def prepare(self, model, optimizer):
 
 def main(out: Path, runs: list[dict]) -> None:
     sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if sharded:
-        Accelerator.prepare = prepare
     for i, raw in enumerate(runs):
         run = RunConfig.from_dict(raw)
         if sharded and i == 0:  # the refusal of an explicit chunk size holds under FSDP
@@ -65,5 +66,20 @@ def main(out: Path, runs: list[dict]) -> None:
         s.acc.wait_for_everyone()
 
 
+def train(raw: dict, how: str) -> None:
+    if how.startswith("kill-after-"):
+        from killed import kill_after  # tests/trainer/killed.py (this script's folder is on sys.path)
+
+        kill_after(int(how.removeprefix("kill-after-")))
+    summary = loop.train(RunConfig.from_dict(raw), resume=how == "resume", progress=False)
+    if PartialState().is_main_process:
+        print(json.dumps(summary))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), [json.loads(a) for a in sys.argv[2:]])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        Accelerator.prepare = prepare
+    if sys.argv[1] == "train":
+        train(json.loads(sys.argv[2]), (sys.argv[3:] or [""])[0])
+    else:
+        main(Path(sys.argv[1]), [json.loads(a) for a in sys.argv[2:]])

@@ -7,6 +7,8 @@ killed (SIGKILL) after a checkpoint resumes to the same bits as an uninterrupted
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -46,20 +48,7 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(launch, tiny_
     assert torch.isfinite(torch.stack([v.abs().max() for v in weights(tmp_path / "adv").values()])).all()
 
 
-# adpo train, with every worker killed (SIGKILL, as `kill -9`) right after the step-3 checkpoint is complete
-KILLED_AFTER_STEP_3 = """
-import os, signal, sys
-from adpo.trainer import checkpoint
-save = checkpoint.save
-def save_then_die(folder, step, *args, **kwargs):
-    path = save(folder, step, *args, **kwargs)
-    if step == 3:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-checkpoint.save = save_then_die
-from adpo.cli import main
-sys.exit(main())
-"""
+KILLED = str(Path(__file__).with_name("killed.py"))  # adpo, SIGKILLed after a given checkpoint
 
 
 @pytest.mark.slow
@@ -70,10 +59,8 @@ def test_two_process_run_killed_after_a_checkpoint_resumes_bit_identically(launc
         "train.threat=joint", "image.steps=2", "image.random_start=true", "latent.steps=2", "latent.relative=true",
         "latent.random_start=true", "lora.dropout=0.1"]
     run(launch, opts, 2, tmp_path / "full")
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED_AFTER_STEP_3)
     part = tmp_path / "part"
-    res = launch(opts + ["--out", part, "--no-progress"], 2, script=str(script), check=False)
+    res = launch([3, *opts, "--out", part, "--no-progress"], 2, script=KILLED, check=False)
     assert res.returncode != 0 and "-9" in res.stderr, res.stderr[-2000:]
     assert (part / "checkpoints" / "step-000003" / "state.json").exists() and not (part / "adapter").exists()
     stdout = run(launch, opts + ["--resume"], 2, part)

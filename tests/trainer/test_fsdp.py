@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from adpo.trainer import loop
 from adpo.trainer.config import RunConfig
+from adpo.trainer.tracking import read_metrics
 from adpo.utils.config import ConfigError
 
 SCRIPT = str(Path(__file__).with_name("fsdp_cpu.py"))
@@ -64,3 +65,35 @@ def test_check_engine_refuses_what_accelerate_would_run_instead(monkeypatch):
     with pytest.raises(ConfigError, match="asks for FSDP, but accelerate runs MULTI_CPU on cpu"):
         loop.check_engine(_Acc("MULTI_CPU", 2))
     loop.check_engine(_Acc("FSDP", 2))
+
+
+@pytest.mark.slow
+def test_fsdp2_run_killed_after_a_sharded_checkpoint_resumes_bit_identically(launch, run_args, tmp_path):
+    # as test_ddp's kill -9 test: random starts, LoRA dropout, warm-up + cosine, so every rank's RNG, the
+    # optimizer's sharded moments and the schedule must all come back
+    def run(out: str) -> str:
+        return json.dumps(run_args("at-dpo", out=out, train={
+            "steps": 3, "save_every": 2, "batch_size": 2, "scheduler": "cosine", "warmup_ratio": 0.34,
+            "threat": "joint"}, image={"random_start": True}, latent={"random_start": True}, lora={"dropout": 0.1}))
+
+    summary = lambda res: json.loads(res.stdout.strip().splitlines()[-1])  # noqa: E731
+    full = summary(launch(["train", run("full")], 2, script=SCRIPT))
+    assert full["distributed_type"] == "FSDP" and full["processes"] == 2 and full["resumed_from"] == 0
+    res = launch(["train", run("part"), "kill-after-2"], 2, script=SCRIPT, check=False)
+    assert res.returncode != 0 and "-9" in res.stderr, res.stderr[-2000:]
+    part = tmp_path / "part"
+    saved = part / "checkpoints" / "step-000002"
+    assert (saved / "state.json").exists() and not (part / "adapter").exists()
+    # each rank wrote its own shards; no rank-0-only adapter or optimizer file
+    shards = sorted(p.name for p in (saved / "sharded").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (saved / "adapter").exists() and not (saved / "optimizer.pt").exists()
+    resumed = summary(launch(["train", run("part"), "resume"], 2, script=SCRIPT))
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 3
+    a, b = (load_file(str(tmp_path / n / "adapter" / "adapter_model.safetensors")) for n in ("full", "part"))
+    assert a.keys() == b.keys() and any("lora_B" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(float(a[k].abs().max()) > 0 for k in a if "lora_B" in k)  # it did train
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time/step_s"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(part / "metrics.jsonl")) == strip(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+    assert len(read_metrics(part / "metrics.jsonl")) == 3

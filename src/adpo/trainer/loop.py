@@ -232,7 +232,7 @@ def setup(run: RunConfig) -> Session:
         configure_deepspeed(acc.state.deepspeed_plugin.deepspeed_config, cfg)
     model, optimizer = acc.prepare(policy.model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
-    acc.register_for_checkpointing(scheduler)  # restored by save_state/load_state under FSDP/DeepSpeed
+    acc.register_for_checkpointing(scheduler)  # restored by save_state/load_state under DeepSpeed
     if policy.ref_copy is not None:
         policy.ref_copy.to(acc.device)
     ctx = StepContext(run, model, acc.unwrap_model(model), policy, codec_for(processor), torch.Generator(),
@@ -327,7 +327,7 @@ def _run(run: RunConfig, s: Session, resume: bool | Path, progress: bool) -> dic
                "pairs": len(s.stream.rows),
                "epochs": round(s.stream.epochs(s.ctx.adversary.data_index(total * cfg.grad_accum - 1) + 1), 3)}
     # sharded engines gather the full weights collectively (every rank), then the main process writes
-    state = s.acc.get_state_dict(s.model) if checkpoint.sharded(acc) else None
+    state = checkpoint.full_state(acc, s.model)
     if acc.is_main_process:
         summary["saved"] = str(save_trained(s.policy, s.processor, out, {**summary, "config": run.to_dict(),
                                                                           "eval": s.last_eval},
@@ -366,7 +366,7 @@ def _evaluate(s: Session, step: int, log: MetricsLog | None) -> None:
     best = json.loads(record.read_text())[BEST_METRIC] if record.is_file() else -math.inf
     if metrics[BEST_METRIC] <= best:
         return
-    state = s.acc.get_state_dict(s.model) if checkpoint.sharded(s.acc) else None
+    state = checkpoint.full_state(s.acc, s.model)
     if s.acc.is_main_process:
         from ..utils.io import write_json
 
