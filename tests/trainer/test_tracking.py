@@ -79,3 +79,42 @@ def test_wandb_offline_writes_its_run_folder(run_args, export_dir, tmp_path, mon
     train(_run(run_args, export_dir, "wandb", steps=2, report_to="wandb"), progress=False)
     runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow (the mlflow extra) not installed")
+def test_mlflow_logs_the_runs_metrics_to_a_local_store(run_args, export_dir, tmp_path, monkeypatch):
+    """A file store in tmp_path (mlflow 3 keeps it behind MLFLOW_ALLOW_FILE_STORE), read back with mlflow's client."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    train(_run(run_args, export_dir, "mlf", steps=3, report_to="mlflow"), progress=False)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("adpo").experiment_id])
+    assert run.info.run_name == "mlf" and run.info.status == "FINISHED"
+    assert run.data.params["train.report_to"] == "mlflow" and run.data.params["method"] == "dpo"
+    rows = read_metrics(tmp_path / "mlf" / "metrics.jsonl")
+    keys = {k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
+    assert {"loss", "rewards/margins"} <= keys and [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert set(run.data.metrics) == keys
+    for key in keys:
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[key])) for r in rows if key in r]
+
+
+def test_mlflow_without_its_store_packages_names_the_extra(run_args, export_dir, tmp_path, monkeypatch):
+    """mlflow-skinny alone cannot open mlflow 3's default sqlite store: refused before the run folder exists."""
+    from accelerate.utils import imports
+
+    from adpo.trainer import tracking
+    from adpo.utils.config import ConfigError
+
+    monkeypatch.setattr(imports, "is_mlflow_available", lambda: True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"sqlalchemy and alembic; pip install 'adpo\[mlflow\]'"):
+        train(_run(run_args, export_dir, "mlf", report_to="mlflow"), progress=False)
+    assert not (tmp_path / "mlf").exists()
+    assert "mlflow" not in tracking.log_with("all")

@@ -2,9 +2,10 @@
 
 ``train.report_to`` names accelerate trackers (``log_with`` / ``init_trackers`` / ``log``): tensorboard
 (event files in ``OUT/runs/adpo``), wandb (its run folder in ``OUT/wandb``; ``WANDB_MODE=offline`` works
-without the network), mlflow, trackio, ``all`` (those installed) or a comma list. Each is an optional extra
-(``pip install 'adpo[wandb]'``); one that is named but not installed is refused before anything is written
-(accelerate itself would drop it silently).
+without the network), mlflow (the store ``MLFLOW_TRACKING_URI`` names, else mlflow's default, ``mlflow.db`` in
+the working directory; the run is named after ``OUT``), trackio, ``all`` (those installed) or a comma list. Each
+is an optional extra (``pip install 'adpo[wandb]'``); one that is named but not installed is refused before
+anything is written (accelerate itself would drop it silently).
 """
 
 from __future__ import annotations
@@ -22,20 +23,36 @@ PROJECT = "adpo"  # accelerate's project name: the tensorboard folder OUT/runs/a
 
 def log_with(report_to: str) -> list[str]:
     """``train.report_to`` as accelerate's ``log_with``: named trackers must be installed, ``all`` takes the
-    installed ones (as TRL's ``report_to="all"``)."""
+    installed, usable ones (as TRL's ``report_to="all"``)."""
     from accelerate.utils import imports
 
     from ..utils.config import ConfigError
     from .config import TRACKERS, trackers
 
-    installed = [n for n in TRACKERS if getattr(imports, f"is_{n}_available")()]
+    unusable = {n: f"the {n} package is not installed" for n in TRACKERS
+                if not getattr(imports, f"is_{n}_available")()}
+    if "mlflow" not in unusable and not _mlflow_store_usable():
+        unusable["mlflow"] = "mlflow's default store (sqlite) needs sqlalchemy and alembic"
     if str(report_to).strip() == "all":
-        return installed
-    missing = [n for n in trackers(report_to) if n not in installed]
-    if missing:
-        raise ConfigError(f"train.report_to={report_to}: the {missing[0]} package is not installed; "
-                          f"pip install 'adpo[{missing[0]}]' (or drop it from train.report_to)")
-    return trackers(report_to)
+        return [n for n in TRACKERS if n not in unusable]
+    names = trackers(report_to)
+    for n in names:
+        if n in unusable:
+            raise ConfigError(f"train.report_to={report_to}: {unusable[n]}; pip install 'adpo[{n}]' "
+                              "(or drop it from train.report_to)")
+    return names
+
+
+def _mlflow_store_usable() -> bool:
+    """mlflow >= 3 defaults to a sqlite store (``sqlite:///mlflow.db``), which mlflow-skinny alone cannot open
+    (it needs sqlalchemy and alembic, both in the ``mlflow`` extra); without them the run would fail only after
+    its folder is made."""
+    import importlib.util
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and not uri.startswith("sqlite:"):
+        return True
+    return all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "alembic"))
 
 
 def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,6 +71,7 @@ def start_trackers(acc, run_config: dict[str, Any], out: Path) -> None:
     if acc.log_with:
         acc.init_trackers(PROJECT, config=flat_config(run_config),
                           init_kwargs={"wandb": {"dir": str(out), "name": out.name},
+                                       "mlflow": {"run_name": out.name},
                                        "trackio": {"name": out.name}})
 
 
