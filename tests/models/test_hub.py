@@ -64,3 +64,58 @@ def test_hub_dataset_name_offline_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="nobody-here/no-such-data: .*HF_HUB_OFFLINE=1 forbids"):
         load_rows("nobody-here/no-such-data", "pairs")
+
+
+@pytest.fixture()
+def online(monkeypatch, tmp_path):
+    """The hub client as it is with the network on, pointed at a closed local port (nothing can leave the
+    machine), with no token unless a test sets HF_TOKEN."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+
+
+def test_push_to_hub_without_a_token_is_refused_before_any_work(online, tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert main(["export", "--model", "m", "--adapter", "a", "--out", str(out), "--push-to-hub", "me/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adpo: error: --push-to-hub me/x: no hub token") and err.count("\n") == 1
+    assert not out.exists()
+    assert main(["export", "--model", "m", "--adapter", "a", "--out", str(out), "--push-to-hub", "not an id"]) == 2
+
+
+def test_push_after_training_reaches_the_hub_client_and_a_failed_upload_is_one_line(
+        online, tiny_dir, export_dir, tmp_path, monkeypatch, capsys):
+    """The whole --push-to-hub path up to the network: training, the adapter with its card, huggingface_hub's
+    create_repo (refused by the closed port); the folder it would upload is complete and loads."""
+    import torch
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    out = tmp_path / "run"
+    assert main(["train", "--method", "dpo", "--model", str(tiny_dir), "--data",
+                 str(export_dir / "preference_train.jsonl"), "--out", str(out), "--push-to-hub", "me/adpo-run",
+                 "--quiet", "train.steps=2", "train.batch_size=4", "train.lr=5e-3"]) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "adpo" in line]  # beside transformers' bars
+    assert err.startswith("adpo: error: --push-to-hub me/adpo-run: the upload failed (ConnectError")
+    folder = out / "adapter"
+    assert f"{folder} is saved and complete, upload it later with `hf upload me/adpo-run {folder}`" in err
+    # what upload_folder would send: the peft adapter, the processor and the model card, nothing else
+    files = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
+    assert not {p for p in files if p.startswith(".") or "optimizer" in p}
+    front = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == str(tiny_dir) and front["library_name"] == "peft"
+    base = AutoModelForImageTextToText.from_pretrained(tiny_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, folder).eval()(input_ids=ids).logits
+    assert not torch.allclose(plain, tuned, atol=1e-4)  # the trained adapter, not an empty one

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..utils.config import ConfigError
-from ..utils.errors import MissingInput
+from ..utils.errors import MissingInput, UserError
 from ..utils.offline import offline
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells repo ids
@@ -42,7 +42,8 @@ def resolve_model(name: str | Path) -> Path:
 
 
 def check_push(repo_id: str | None) -> None:
-    """Refuse ``--push-to-hub`` before any work when it cannot succeed (offline, or not an owner/name id)."""
+    """Refuse ``--push-to-hub`` before any work when it cannot succeed (not an owner/name id, offline, or no
+    token to upload with)."""
     if repo_id is None:
         return
     if not HUB_ID.match(repo_id):
@@ -50,13 +51,26 @@ def check_push(repo_id: str | None) -> None:
     if offline():
         raise ConfigError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; unset "
                           "it (and log in with `hf auth login`) or drop --push-to-hub")
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise ConfigError(f"--push-to-hub {repo_id}: no hub token (HF_TOKEN, or `hf auth login`), so nothing can "
+                          "be uploaded; log in or drop --push-to-hub")
 
 
 def push(folder: str | Path, repo_id: str) -> str:
-    """Upload ``folder`` (an adapter or merged model with its README.md model card) to ``repo_id``."""
+    """Upload ``folder`` (an adapter or merged model with its README.md model card) to ``repo_id``.
+
+    It runs after the work is saved, so a failed upload (network, permissions, a refused token) is one line that
+    says the folder is complete and how to upload it by hand, not a traceback that hides where the result is."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="adpo: upload trained model")
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="adpo: upload trained model")
+    except Exception as e:  # whatever the remote side raises (httpx, HfHubHTTPError, OSError): the result is safe
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+        raise UserError(f"--push-to-hub {repo_id}: the upload failed ({reason}); {folder} is saved and complete, "
+                        f"upload it later with `hf upload {repo_id} {folder}`") from e
     return f"https://huggingface.co/{repo_id}"
