@@ -258,12 +258,21 @@ def test_results_follow_lmms_eval_layout(run):
     assert all(len(h) == 64 for h in on_disk["task_hashes"].values())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval not installed (its full install "
-                    "pulls torchvision and 80 more packages; its writer needs only `pip install --no-deps "
-                    "lmms-eval==0.7.3 pytz loguru`)")
-def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path):
-    from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+@pytest.mark.parametrize("writer", ["vendored", pytest.param("lmms_eval", marks=pytest.mark.skipif(
+    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval itself not installed (not in dev: see "
+    "tests/eval/lmms_eval_writer.py); `pip install --no-deps lmms-eval==0.7.3 pytz loguru` checks the copy"))])
+def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path, writer):
+    """lmms-eval 0.7.3's own writer (vendored in tests/eval/lmms_eval_writer.py, or the package when installed),
+    given our aggregate and our samples' doc hashes, writes the same file name and task_hashes as ``adpo eval``;
+    lmms-eval's readers find our dated copies and take the latest."""
+    import datetime
 
+    import lmms_eval_writer as vendored
+
+    if writer == "lmms_eval":
+        from lmms_eval.loggers.evaluation_tracker import EvaluationTracker
+    else:
+        EvaluationTracker = vendored.EvaluationTracker
     from adpo.eval.results import doc_hash
 
     out, res = run
@@ -284,3 +293,8 @@ def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path):
     written = json.loads(theirs.read_text())
     assert written["task_hashes"] == res["task_hashes"]  # their hash of our samples is ours
     assert set(json.loads(ours.read_text())) >= set(res)
+    assert vendored.sanitize_model_name(res["model_name"]) == res["model_name_sanitized"]
+    datetime.datetime.strptime(res["date_id"], vendored.DATETIME_FORMAT)  # their get_datetime_str format
+    names = [str(f) for f in (out / res["model_name_sanitized"]).iterdir()]
+    found = vendored.get_results_filenames(names)
+    assert found and vendored.get_latest_filename(found).endswith(f"{res['date_id']}_results.json")

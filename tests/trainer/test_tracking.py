@@ -118,3 +118,24 @@ def test_mlflow_without_its_store_packages_names_the_extra(run_args, export_dir,
         train(_run(run_args, export_dir, "mlf", report_to="mlflow"), progress=False)
     assert not (tmp_path / "mlf").exists()
     assert "mlflow" not in tracking.log_with("all")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio (the trackio extra) not installed; "
+                    "every release caps pillow below 13, so it is not in dev (docs/training.md, Trackers)")
+def test_trackio_logs_the_runs_metrics_to_its_local_database(run_args, export_dir, tmp_path, monkeypatch):
+    """trackio's local store (a sqlite file per project under TRACKIO_DIR), read back with trackio's own reader."""
+    import sys
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
+    assert "trackio" not in sys.modules, "trackio imported before TRACKIO_DIR was set"
+    train(_run(run_args, export_dir, "trk", steps=3, report_to="trackio"), progress=False)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    assert SQLiteStorage.get_runs("adpo") == ["trk"] and list((tmp_path / "trackio").glob("adpo*.db"))
+    logged = {r["step"]: r for r in SQLiteStorage.get_logs("adpo", "trk")}
+    rows = read_metrics(tmp_path / "trk" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    for r in rows:
+        for key, value in r.items():
+            if key != "step" and isinstance(value, (int, float)):
+                assert logged[r["step"]][key] == pytest.approx(value), (r["step"], key)
