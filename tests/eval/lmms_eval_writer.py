@@ -1,8 +1,8 @@
 """lmms-eval's writer of aggregate results, vendored from ``lmms-eval==0.7.3`` (MIT licence, (c) 2025 LMMs-Lab):
 ``lmms_eval/loggers/evaluation_tracker.py`` (``GeneralConfigTracker``, ``EvaluationTracker.save_results_aggregated``)
 and the helpers it calls from ``lmms_eval/utils.py`` (``hash_string``, ``handle_non_serializable``,
-``sanitize_model_name``), with the readers lmms-eval's tools use to find a results file (``get_results_filenames``,
-``get_file_datetime``, ``get_latest_filename``) and the ``datetime_str`` format of ``get_datetime_str``.
+``sanitize_model_name``), with the filter lmms-eval's tools use to find results files in a folder
+(``get_results_filenames``) and the ``datetime_str`` format of ``get_datetime_str``.
 
 Vendored because the package cannot be a dev dependency: ``pip install lmms-eval==0.7.3`` with adpo's pins
 pulls about 70 packages (torchvision, opencv, scikit-learn, sentence-transformers, timm, yt-dlp, pre-commit, …),
@@ -46,14 +46,6 @@ def sanitize_model_name(model_name: str, full_path: bool = False) -> str:
         parts = model_name.split("/")
         last_two = "/".join(parts[-2:]) if len(parts) > 1 else parts[-1]
         return re.sub(r"[\"<>:/\|\\?\*\[\]]+", "__", last_two)
-
-
-def get_file_datetime(filename: str) -> str:
-    return filename[filename.rfind("_") + 1 :].replace(".jsonl", "")
-
-
-def get_latest_filename(filenames: list[str]) -> str:
-    return max(filenames, key=lambda f: get_file_datetime(f))
 
 
 def get_results_filenames(filenames: list[str]) -> list[str]:

@@ -263,8 +263,8 @@ def test_results_follow_lmms_eval_layout(run):
     "tests/eval/lmms_eval_writer.py); `pip install --no-deps lmms-eval==0.7.3 pytz loguru` checks the copy"))])
 def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path, writer):
     """lmms-eval 0.7.3's own writer (vendored in tests/eval/lmms_eval_writer.py, or the package when installed),
-    given our aggregate and our samples' doc hashes, writes the same file name and task_hashes as ``adpo eval``;
-    lmms-eval's readers find our dated copies and take the latest."""
+    given our aggregate and our samples' doc hashes, writes the same file name and task_hashes as ``adpo eval``,
+    and lmms-eval's reader of a results folder picks our copy out."""
     import datetime
 
     import lmms_eval_writer as vendored
@@ -275,7 +275,8 @@ def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path, writer):
         EvaluationTracker = vendored.EvaluationTracker
     from adpo.eval.results import doc_hash
 
-    out, res = run
+    out, _ = run
+    res = json.loads((out / "results.json").read_text())  # the module's latest run (each run adds a dated copy)
     samples = {}  # each subtask's current records in doc order, as lmms-eval's samples with their doc_hash
     for task in {c["task"] for c in res["configs"].values()}:
         for line in (out / f"samples_{task}.jsonl").read_text().splitlines():
@@ -288,13 +289,11 @@ def test_lmms_eval_writer_puts_our_results_where_we_do(run, tmp_path, writer):
     tracker.save_results_aggregated(theirs_in, {k: [v[d] for d in sorted(v)] for k, v in samples.items()},
                                     res["date_id"])
     (theirs,) = (tmp_path / res["model_name_sanitized"]).glob("*_results.json")
-    (ours,) = (out / res["model_name_sanitized"]).glob("*_results.json")
-    assert theirs.name == ours.name  # the same folder and file name
+    ours = out / res["model_name_sanitized"] / theirs.name  # the same folder and file name
+    assert ours.is_file()
     written = json.loads(theirs.read_text())
     assert written["task_hashes"] == res["task_hashes"]  # their hash of our samples is ours
     assert set(json.loads(ours.read_text())) >= set(res)
     assert vendored.sanitize_model_name(res["model_name"]) == res["model_name_sanitized"]
     datetime.datetime.strptime(res["date_id"], vendored.DATETIME_FORMAT)  # their get_datetime_str format
-    names = [str(f) for f in (out / res["model_name_sanitized"]).iterdir()]
-    found = vendored.get_results_filenames(names)
-    assert found and vendored.get_latest_filename(found).endswith(f"{res['date_id']}_results.json")
+    assert str(ours) in vendored.get_results_filenames([str(f) for f in ours.parent.iterdir()])  # their reader
