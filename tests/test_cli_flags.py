@@ -104,10 +104,16 @@ def test_eval_flags_become_overrides():
 
 def test_quiet_hides_info_and_progress():
     args = _args("eval", "--model", "m", "--out", "o", "-q")
+    from transformers.utils import logging as hf_logging
+
     from adpo.cli import log, setup_logging
 
     setup_logging(args)
-    assert args.progress is False and not log.isEnabledFor(20)
+    try:
+        assert args.progress is False and not log.isEnabledFor(20)
+        assert not hf_logging.is_progress_bar_enabled()  # transformers' "Loading weights" bar too
+    finally:
+        hf_logging.enable_progress_bar()
     setup_logging(_args("eval", "--model", "m", "--out", "o", "-v"))
     assert log.isEnabledFor(10)
     setup_logging(_args("eval", "--model", "m", "--out", "o"))

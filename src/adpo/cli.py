@@ -465,6 +465,10 @@ def setup_logging(args: argparse.Namespace) -> None:
     log.propagate = False
     if getattr(args, "quiet", False):
         args.progress = False
+    if not getattr(args, "progress", True):  # transformers' own bars too ("Loading weights")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
