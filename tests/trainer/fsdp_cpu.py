@@ -83,3 +83,8 @@ if __name__ == "__main__":
         train(json.loads(sys.argv[2]), (sys.argv[3:] or [""])[0])
     else:
         main(Path(sys.argv[1]), [json.loads(a) for a in sys.argv[2:]])
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # gloo's threads left to interpreter exit can abort a rank ("terminate called
+        dist.barrier()  # without an active exception", seen once in CI): both ranks finish, then tear down
+        dist.destroy_process_group()
